@@ -1,0 +1,1 @@
+"""The audit log: event types, the tamper-evident hash chain, signed checkpoints."""

@@ -1,0 +1,177 @@
+"""Settings: ``jitgate.yaml`` (``--config`` / ``JITGATE_CONFIG``) overlaid by ``JITGATE_*``.
+
+Nested keys are joined by ``__`` in the environment (``JITGATE_GATEWAY__LISTEN``).
+Every problem stops start-up with one message that names the source and the key:
+``jitgate.yaml: gateway.listen: expected HOST:PORT, got 'x'``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from jitgate.domain.durations import parse_duration
+from jitgate.errors import ConfigError, JitgateError
+
+
+def _duration(value: Any) -> timedelta:
+    try:
+        return parse_duration(value)
+    except JitgateError as exc:
+        raise ValueError(exc.detail) from exc
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Listen = Annotated[str, AfterValidator(_listen)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ControlSettings(_Section):
+    listen: Listen = "127.0.0.1:8700"
+    public_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+
+class GatewaySettings(_Section):
+    listen: Listen = "127.0.0.1:8701"
+    public_url: str | None = None
+    clock_skew: Duration | None = None  # leeway on nbf/exp; at most 5s
+    token_cache_size: int = 65_536
+    upstream_connect_timeout: Duration = timedelta(seconds=5)
+    upstream_timeout: Duration = timedelta(seconds=60)
+
+    @property
+    def url(self) -> str:
+        return (self.public_url or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def leeway(self) -> float:
+        return self.clock_skew.total_seconds() if self.clock_skew else 0.0
+
+
+class RevocationSettings(_Section):
+    max_staleness: Duration = timedelta(seconds=2)
+
+
+class AuditSettings(_Section):
+    batch_size: int = 500
+    flush_interval: Duration | None = None  # default 50 ms, see AuditWriter
+    queue_size: int = 10_000
+    checkpoint_interval: Duration = timedelta(minutes=5)
+
+
+class DemoSettings(_Section):
+    upstream_listen: Listen = "127.0.0.1:8702"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JITGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    database_url: str | None = None
+    state_dir: Path = Path("./.jitgate")
+    control: ControlSettings = ControlSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    policy_file: Path | None = None
+    master_key_file: Path | None = None
+    master_key: SecretStr | None = None
+    revocation: RevocationSettings = RevocationSettings()
+    audit: AuditSettings = AuditSettings()
+    demo: DemoSettings = DemoSettings()
+    issuer: str | None = None
+    log_level: str = "info"
+    config: Path | None = None  # the file these settings came from (JITGATE_CONFIG)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (the YAML file's content, passed by load_settings) < environment.
+        return env_settings, init_settings
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'jitgate.db').resolve()}"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.state_dir / "master.key"
+
+    @property
+    def token_issuer(self) -> str:
+        return self.issuer or self.control.url
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the YAML file (if any) and the environment; ``ConfigError`` if bad."""
+    path = config_file or (
+        Path(os.environ["JITGATE_CONFIG"]) if "JITGATE_CONFIG" in os.environ else None
+    )
+    data: dict[str, Any] = {}
+    source = "environment"
+    if path is not None:
+        source = f"{path} or environment"
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the configuration must be a mapping of settings")
+        data = dict(loaded or {})
+        data["config"] = path
+    data.update(overrides)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from exc
+    skew = settings.gateway.clock_skew
+    if skew is not None and skew > timedelta(seconds=5):
+        raise ConfigError(f"{source}: gateway.clock_skew: at most 5s is allowed")
+    return settings

@@ -1,0 +1,1 @@
+"""The control-plane HTTP adapter (FastAPI): routes, wire schemas, problems, caller auth."""

@@ -1,0 +1,185 @@
+"""Routes for administration (APIs, principals, policy), the audit log and key discovery."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from jitgate.control.deps import Caller, Ctx
+from jitgate.control.schemas import (
+    ApiIn,
+    PrincipalIn,
+    SecretIn,
+    TokenIn,
+    api_json,
+    iso,
+    principal_json,
+)
+from jitgate.domain.durations import format_duration
+from jitgate.domain.models import Api, Injection, InjectionKind, PrincipalKind
+from jitgate.policy.model import Approval
+from jitgate.secrets import Secret
+from jitgate.services import audit, directory
+from jitgate.services.context import require_admin
+from jitgate.storage.audit_repo import AuditFilter
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/me", tags=["principals"])
+def me(caller: Caller) -> dict[str, Any]:
+    return principal_json(caller)
+
+
+@router.get("/apis", tags=["apis"])
+def list_apis(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return {"items": [api_json(a) for a in directory.list_apis(ctx)]}
+
+
+@router.get("/apis/{name}", tags=["apis"])
+def read_api(name: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return api_json(directory.get_api(ctx, name))
+
+
+@router.post("/apis", status_code=201, tags=["apis"])
+def add_api(body: ApiIn, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    api = Api(
+        name=body.name,
+        base_url=body.base_url,
+        injection=Injection(
+            kind=InjectionKind(body.injection.kind),
+            name=body.injection.name,
+            template=body.injection.template,
+            username=body.injection.username,
+        ),
+        environment=body.environment,
+        owners=frozenset(body.owners),
+        description=body.description,
+    )
+    return api_json(directory.add_api(ctx, caller, api, Secret(body.secret)))
+
+
+@router.post("/apis/{name}/secret", status_code=204, tags=["apis"])
+def rotate_secret(name: str, body: SecretIn, ctx: Ctx, caller: Caller) -> None:
+    directory.rotate_secret(ctx, caller, name, Secret(body.secret))
+
+
+@router.get("/principals", tags=["principals"])
+def list_principals(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return {"items": [principal_json(p) for p in directory.list_principals(ctx)]}
+
+
+@router.get("/principals/{principal_id}", tags=["principals"])
+def read_principal(principal_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return principal_json(directory.get_principal(ctx, principal_id))
+
+
+@router.post("/principals", status_code=201, tags=["principals"])
+def add_principal(body: PrincipalIn, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    created = directory.create_principal(
+        ctx,
+        caller,
+        body.id,
+        kind=PrincipalKind(body.kind),
+        display_name=body.display_name,
+        groups=body.groups,
+        attributes=body.attributes,
+        is_admin=body.is_admin,
+    )
+    return principal_json(created)
+
+
+@router.post("/principals/{principal_id}/tokens", status_code=201, tags=["principals"])
+def principal_token(
+    principal_id: str, ctx: Ctx, caller: Caller, body: TokenIn | None = None
+) -> dict[str, Any]:
+    body = body or TokenIn()
+    token = directory.issue_principal_token(
+        ctx, caller, principal_id, label=body.label, expires_at=body.expires_at
+    )
+    return {"principal": principal_id, "token": token, "expires_at": iso(body.expires_at)}
+
+
+def _approval(a: Approval) -> dict[str, Any]:
+    return {"count": a.count, "from": {"groups": sorted(a.from_groups)}}
+
+
+@router.get("/policy", tags=["policy"])
+def read_policy(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    policy = ctx.policy
+    return {
+        "version": policy.version,
+        "source": policy.source,
+        "digest": policy.digest,
+        "defaults": {
+            "max_duration": format_duration(policy.defaults.max_duration),
+            "pending_ttl": format_duration(policy.defaults.pending_ttl),
+        },
+        "rules": [
+            {
+                "name": r.name,
+                "description": r.description,
+                "requesters": {
+                    "groups": sorted(r.requesters.groups),
+                    "principals": sorted(r.requesters.principals),
+                },
+                "apis": sorted(r.apis),
+                "scopes": [str(s) for s in r.scopes],
+                "max_duration": format_duration(r.max_duration),
+                "approval": "auto"
+                if r.approval.auto
+                else {
+                    "count": r.approval.count,
+                    "from": {"groups": sorted(r.approval.from_groups)},
+                },
+                "line": r.line,
+            }
+            for r in policy.rules
+        ],
+    }
+
+
+@router.get("/audit", tags=["audit"])
+def read_audit(
+    ctx: Ctx,
+    caller: Caller,
+    type: str | None = Query(default=None, max_length=64),
+    actor: str | None = Query(default=None, max_length=64),
+    principal: str | None = Query(default=None, max_length=64),
+    api: str | None = Query(default=None, max_length=64),
+    grant: str | None = Query(default=None, max_length=32),
+    request: str | None = Query(default=None, max_length=32),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: int = Query(default=0, ge=0, description="cursor: return events with seq > after"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    f = AuditFilter(
+        type=type,
+        actor=actor,
+        principal=principal,
+        api=api,
+        grant=grant,
+        request=request,
+        since=since,
+        until=until,
+    )
+    events = audit.query(ctx, caller, f, after=after, limit=limit)
+    return {
+        "items": [e.as_dict() for e in events],
+        "next_after": events[-1].seq if len(events) == limit else None,
+    }
+
+
+@router.get("/audit/verify", tags=["audit"])
+def verify_audit(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return audit.verify(ctx, caller).as_dict()
+
+
+@router.post("/audit/checkpoints", tags=["audit"])
+def checkpoint_audit(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    require_admin(caller.is_admin, "write audit checkpoints")
+    cp = audit.checkpoint(ctx)
+    return {"checkpoint": cp.as_dict() if cp else None}

@@ -1,0 +1,165 @@
+"""Wire schemas of the control-plane API and the functions that render domain values.
+
+Rendered objects are plain JSON: times in ISO 8601 UTC (``…Z``), durations in seconds
+and in their canonical spelling. Nothing rendered here ever includes a secret.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jitgate.domain.durations import format_duration
+from jitgate.domain.models import AccessRequest, Api, Grant, GrantStatus, Principal
+from jitgate.services.access import RequestView
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestIn(Body):
+    api: str = Field(max_length=64)
+    scopes: list[str] = Field(min_length=1, max_length=20)
+    duration: str | int = Field(description="90s, 15m, 1h, 1h30m or seconds")
+    reason: str = Field(max_length=1000)
+    ticket: str | None = Field(default=None, max_length=200)
+    starts_at: datetime | None = None
+
+
+class CommentIn(Body):
+    comment: str = Field(default="", max_length=2000)
+
+
+class RevokeIn(Body):
+    reason: str = Field(default="", max_length=1000)
+
+
+class RevocationsIn(Body):
+    principal: str | None = Field(default=None, max_length=64)
+    api: str | None = Field(default=None, max_length=64)
+    reason: str = Field(max_length=1000)
+
+
+class InjectionIn(Body):
+    kind: Literal["header", "query", "basic"] = "header"
+    name: str = Field(default="Authorization", max_length=64)
+    template: str = Field(default="Bearer {secret}", max_length=256)
+    username: str = Field(default="", max_length=256)
+
+
+class ApiIn(Body):
+    name: str = Field(max_length=64)
+    base_url: str = Field(max_length=2048)
+    secret: str = Field(max_length=4096, json_schema_extra={"writeOnly": True})
+    injection: InjectionIn = InjectionIn()
+    environment: str = Field(default="prod", max_length=64)
+    owners: list[str] = Field(default_factory=list, max_length=50)
+    description: str = Field(default="", max_length=2000)
+
+
+class SecretIn(Body):
+    secret: str = Field(max_length=4096, json_schema_extra={"writeOnly": True})
+
+
+class PrincipalIn(Body):
+    id: str = Field(max_length=64)
+    kind: Literal["user", "service"] = "user"
+    display_name: str = Field(default="", max_length=200)
+    groups: list[str] = Field(default_factory=list, max_length=100)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    is_admin: bool = False
+
+
+class TokenIn(Body):
+    label: str = Field(default="", max_length=200)
+    expires_at: datetime | None = None
+
+
+def iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
+    live = g.status is GrantStatus.ACTIVE and now < g.expires_at
+    return {
+        "id": g.id,
+        "request_id": g.request_id,
+        "principal": g.principal,
+        "api": g.api,
+        "scopes": list(g.scopes),
+        "not_before": iso(g.not_before),
+        "expires_at": iso(g.expires_at),
+        "status": g.status.value
+        if not (g.status is GrantStatus.ACTIVE and not live)
+        else "expired",
+        "active": live,
+        "max_calls": g.max_calls,
+        "created_at": iso(g.created_at),
+        "ended_at": iso(g.ended_at),
+        "ended_by": g.ended_by,
+        "end_reason": g.end_reason,
+    }
+
+
+def request_json(r: AccessRequest) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "requester": r.requester,
+        "api": r.api,
+        "scopes": list(r.scopes),
+        "duration": format_duration(r.duration),
+        "duration_seconds": int(r.duration.total_seconds()),
+        "reason": r.reason,
+        "ticket": r.ticket,
+        "starts_at": iso(r.starts_at),
+        "status": r.status.value,
+        "created_at": iso(r.created_at),
+        "decided_at": iso(r.decided_at),
+        "grant_id": r.grant_id,
+        "decision": r.decision.as_dict(),
+    }
+
+
+def request_view_json(v: RequestView, now: datetime) -> dict[str, Any]:
+    return {
+        **request_json(v.request),
+        "approvals": [
+            {"approver": a.approver, "verdict": a.verdict, "comment": a.comment, "at": iso(a.at)}
+            for a in v.approvals
+        ],
+        "grant": grant_json(v.grant, now) if v.grant else None,
+    }
+
+
+def api_json(a: Api) -> dict[str, Any]:
+    inj = a.injection
+    return {
+        "name": a.name,
+        "base_url": a.base_url,
+        "environment": a.environment,
+        "owners": sorted(a.owners),
+        "description": a.description,
+        "injection": {
+            "kind": inj.kind.value,
+            "name": inj.name,
+            "template": inj.template,
+            "username": inj.username,
+        },
+    }
+
+
+def principal_json(p: Principal) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "kind": p.kind.value,
+        "display_name": p.display_name,
+        "groups": sorted(p.groups),
+        "attributes": p.attributes,
+        "is_admin": p.is_admin,
+        "disabled": p.disabled,
+    }

@@ -1,0 +1,1 @@
+"""The data plane: enforcement, credential injection, proxying, decision endpoints."""

@@ -1,0 +1,213 @@
+"""The streaming reverse proxy (aiohttp server and client).
+
+For each call: enforce (:mod:`jitgate.gateway.enforce`), build the upstream request
+from the caller's — minus its credential, hop-by-hop headers (and those named in
+``Connection``), ``Host`` and any copy of the upstream credential header — then inject
+the secret last, stream the body up and the answer back, and audit the outcome. Upstream
+redirects are passed back, never followed; upstream connections are pooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from urllib.parse import quote, unquote_plus
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from jitgate.audit.events import EventType, NewEvent
+from jitgate.clock import Clock, utc
+from jitgate.gateway.enforce import Allow, Deny, Enforcer
+from jitgate.gateway.view import Upstream
+from jitgate.problems import PROBLEM_CONTENT_TYPE, problem
+from jitgate.services.context import AuditSink
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_CHUNK = 64 * 1024
+
+
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall("connection", []):
+        named.update(part.strip().lower() for part in value.split(",") if part.strip())
+    return named
+
+
+def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
+    drop = {"host", "authorization", *HOP_BY_HOP, *_connection_named(headers)}
+    if upstream.header_name:
+        drop.add(upstream.header_name)
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    if upstream.header_name:  # injected last: nothing the caller sent can remove it
+        out[upstream.header_name] = upstream.header_value
+    return out
+
+
+def upstream_query(query: str, upstream: Upstream) -> str:
+    if upstream.query_name is None:
+        return query
+    kept = [
+        part
+        for part in query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) != upstream.query_name
+    ]
+    kept.append(f"{quote(upstream.query_name)}={quote(upstream.secret.reveal(), safe='')}")
+    return "&".join(kept)
+
+
+def response_headers(headers: CIMultiDictProxy[str], secret: str) -> Iterable[tuple[str, str]]:
+    drop = HOP_BY_HOP | _connection_named(headers)
+    for key, value in headers.items():
+        if key.lower() in drop:
+            continue
+        yield key, value.replace(secret, "[redacted]") if secret in value else value
+
+
+def problem_response(deny: Deny) -> web.Response:
+    body = problem(deny.status, deny.reason, deny.detail)
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
+    if deny.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="jitgate"'
+    return web.Response(status=deny.status, text=json.dumps(body), headers=headers)
+
+
+class Proxy:
+    def __init__(
+        self,
+        enforcer: Enforcer,
+        audit: AuditSink,
+        clock: Clock,
+        *,
+        connect_timeout: float,
+        timeout: float,
+    ) -> None:
+        self.enforcer = enforcer
+        self.audit = audit
+        self.clock = clock
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30, ttl_dns_cache=60),
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def record_denial(self, request: web.BaseRequest, deny: Deny, now: float) -> None:
+        claims = deny.token.claims if deny.token else None
+        self.audit.submit(
+            NewEvent(
+                type=EventType.ACCESS_DENIED,
+                at=utc(now),
+                actor=claims.principal if claims else None,
+                principal=claims.principal if claims else None,
+                api=deny.api,
+                grant=claims.grant_id if claims else None,
+                data={
+                    "method": request.method[:16],
+                    "path": request.raw_path.partition("?")[0][:512],
+                    "status": deny.status,
+                    "reason": deny.reason,
+                    "detail": deny.detail,
+                },
+            )
+        )
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        now = self.clock.timestamp()
+        decision = self.enforcer.decide(request.method, request.raw_path, request.headers, now)
+        if isinstance(decision, Deny):
+            self.record_denial(request, decision, now)
+            return problem_response(decision)
+        started = time.perf_counter()
+        response, error = await self._forward(request, decision)
+        claims = decision.token.claims
+        self.audit.submit(
+            NewEvent(
+                type=EventType.ACCESS_ALLOWED,
+                at=utc(now),
+                actor=claims.principal,
+                principal=claims.principal,
+                api=decision.upstream.api.name,
+                grant=claims.grant_id,
+                data={
+                    "method": request.method,
+                    "path": decision.path[:512],
+                    "status": response.status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "jti": claims.jti,
+                    **({"error": error} if error else {}),
+                },
+            )
+        )
+        return response
+
+    async def _forward(
+        self, request: web.BaseRequest, allow: Allow
+    ) -> tuple[web.StreamResponse, str | None]:
+        assert self._session is not None, "Proxy.start() was not awaited"
+        upstream = allow.upstream
+        query = upstream_query(allow.query, upstream)
+        url = URL(upstream.api.base_url + allow.path + (f"?{query}" if query else ""), encoded=True)
+        body = request.content if request.body_exists else None
+        try:
+            upstream_response = await self._session.request(
+                request.method,
+                url,
+                headers=upstream_headers(request.headers, upstream),
+                data=body,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            deny = Deny(504, "upstream-timeout", "the upstream did not answer in time")
+            return problem_response(deny), deny.reason
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s failed: %s", upstream.api.name, type(exc).__name__)
+            deny = Deny(502, "upstream-unreachable", "the upstream could not be reached")
+            return problem_response(deny), deny.reason
+        async with upstream_response:
+            response = web.StreamResponse(
+                status=upstream_response.status, reason=upstream_response.reason
+            )
+            secret = upstream.secret.reveal()
+            for key, value in response_headers(upstream_response.headers, secret):
+                response.headers.add(key, value)
+            await response.prepare(request)
+            try:
+                async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+                    await response.write(chunk)
+            except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return response, "upstream-body-interrupted"
+            await response.write_eof()
+        return response, None

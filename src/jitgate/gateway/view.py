@@ -1,0 +1,123 @@
+"""The gateway's in-memory view of what enforcement needs; no database per call.
+
+It holds the upstream APIs (with their decrypted secrets), the public keys of grant
+tokens, and the set of grants ended early (revoked or released) whose tokens are still
+in date. It implements the services' change feed, so in one process a revocation is in
+force as soon as the service announces it; :meth:`GatewayView.resync` reloads
+everything from the database (at start, and periodically for changes made by other
+processes). ``fresh`` is false once a resync is overdue by ``max_staleness``: callers
+then fail closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from jitgate.clock import Clock
+from jitgate.domain.models import Api, InjectionKind
+from jitgate.secrets import Secret, SecretBox
+from jitgate.storage.directory_repo import StoredKey
+from jitgate.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An API as the gateway uses it, with the credential ready to inject."""
+
+    api: Api
+    secret: Secret
+    header_name: str | None  # lower-case header to set, or None for query injection
+    header_value: str
+    query_name: str | None
+
+    @classmethod
+    def build(cls, api: Api, secret: Secret) -> Upstream:
+        inj = api.injection
+        value = secret.reveal()
+        if inj.kind is InjectionKind.HEADER:
+            return cls(api, secret, inj.name.lower(), inj.template.replace("{secret}", value), None)
+        if inj.kind is InjectionKind.BASIC:
+            basic = base64.b64encode(f"{inj.username}:{value}".encode()).decode()
+            return cls(api, secret, "authorization", f"Basic {basic}", None)
+        return cls(api, secret, None, "", inj.name)
+
+
+class GatewayView:
+    def __init__(self, store: Store, box: SecretBox, clock: Clock, *, max_staleness: float) -> None:
+        self._store = store
+        self._box = box
+        self._clock = clock
+        self._max_staleness = max_staleness
+        self._lock = threading.Lock()
+        self.upstreams: dict[str, Upstream] = {}
+        self.public_keys: dict[str, Ed25519PublicKey] = {}
+        self.ended: dict[str, float] = {}  # grant id -> its expiry (POSIX seconds)
+        self._synced_at = float("-inf")
+
+    # what enforcement asks ----------------------------------------------------
+    def is_ended(self, grant_id: str) -> bool:
+        return grant_id in self.ended
+
+    @property
+    def fresh(self) -> bool:
+        return self._clock.timestamp() - self._synced_at <= self._max_staleness
+
+    # the change feed ------------------------------------------------------------
+    def grant_ended(self, grant_id: str, expires_at: datetime) -> None:
+        self.ended[grant_id] = expires_at.timestamp()
+
+    def apis_changed(self) -> None:
+        self._load_apis()
+
+    def keys_changed(self) -> None:
+        self._load_keys()
+
+    # loading --------------------------------------------------------------------
+    def _load_apis(self) -> None:
+        with self._store.transaction() as tx:
+            rows = tx.directory.apis_with_secrets()
+        self.upstreams = self._upstreams(rows)
+
+    def _upstreams(self, rows: list[tuple[Api, bytes]]) -> dict[str, Upstream]:
+        return {
+            api.name: Upstream.build(api, self._box.decrypt_secret(blob, f"api:{api.name}"))
+            for api, blob in rows
+        }
+
+    def _load_keys(self) -> None:
+        with self._store.transaction() as tx:
+            keys = tx.directory.list_keys()
+        self.public_keys = self._live_keys(keys)
+
+    def _live_keys(self, keys: list[StoredKey]) -> dict[str, Ed25519PublicKey]:
+        now = self._clock.now()
+        return {
+            k.kid: Ed25519PublicKey.from_public_bytes(k.public_key)
+            for k in keys
+            if k.keep_until is None or k.keep_until > now
+        }
+
+    def resync(self) -> None:
+        """Reload everything; on failure keep the old view and let it go stale."""
+        with self._lock:
+            started = self._clock.timestamp()
+            with self._store.transaction() as tx:
+                ended = tx.access.ended_unexpired(self._clock.now())
+                keys = tx.directory.list_keys()
+                rows = tx.directory.apis_with_secrets()
+            self.public_keys = self._live_keys(keys)
+            self.upstreams = self._upstreams(rows)
+            # Keep what the feed told us meanwhile; drop what has expired anyway.
+            merged = {gid: exp.timestamp() for gid, exp in ended}
+            now = self._clock.timestamp()
+            merged.update({g: e for g, e in self.ended.items() if e > now})
+            self.ended = merged
+            self._synced_at = started

@@ -1,0 +1,205 @@
+"""Grants: tokens, release, revocation (one grant or the kill switch), and expiry.
+
+A revocation is announced on the change feed after it commits and before the call
+returns, so in one process (``jitgate up``) the gateway refuses the grant's tokens
+from the moment the revoke call answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from jitgate.audit.events import EventType, NewEvent
+from jitgate.domain.lifecycle import end_grant
+from jitgate.domain.models import Grant, GrantStatus, Principal
+from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
+from jitgate.services.context import Context
+from jitgate.storage.store import Tx
+from jitgate.tokens.grant_token import issue
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_at: datetime
+    gateway_url: str
+    grant: Grant
+
+
+def get_grant(ctx: Context, grant_id: str) -> Grant:
+    with ctx.store.transaction() as tx:
+        grant = tx.access.get_grant(grant_id)
+    if grant is None:
+        raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
+    return grant
+
+
+def list_grants(
+    ctx: Context,
+    *,
+    active: bool | None = None,
+    principal: str | None = None,
+    api: str | None = None,
+    limit: int = 100,
+) -> list[Grant]:
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        found = tx.access.list_grants(
+            status=GrantStatus.ACTIVE if active else None,
+            principal=principal,
+            api=api,
+            limit=None if active is False else limit,
+        )
+    if active:
+        found = [g for g in found if now < g.expires_at]
+    elif active is False:
+        found = [g for g in found if not (g.status is GrantStatus.ACTIVE and now < g.expires_at)]
+    return found[:limit]
+
+
+def issue_token(ctx: Context, actor: Principal, grant_id: str) -> IssuedToken:
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        grant = tx.access.get_grant(grant_id)
+        if grant is None:
+            raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
+        if grant.principal != actor.id:
+            raise Forbidden("only the grantee may obtain a token for a grant", code="not-grantee")
+        if grant.status is not GrantStatus.ACTIVE or now >= grant.expires_at:
+            state = grant.status.value if grant.status is not GrantStatus.ACTIVE else "expired"
+            raise Conflict(f"grant {grant_id} is {state}", code="grant-ended")
+        token, jti = issue(grant, ctx.keyring, ctx.issuer, now)
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.GRANT_TOKEN_ISSUED,
+                    at=now,
+                    actor=actor.id,
+                    principal=grant.principal,
+                    api=grant.api,
+                    grant=grant.id,
+                    data={"jti": jti, "kid": ctx.keyring.signing_kid},
+                )
+            ]
+        )
+    return IssuedToken(
+        token=token,
+        expires_at=grant.expires_at,
+        gateway_url=f"{ctx.gateway_url}/{grant.api}",
+        grant=grant,
+    )
+
+
+def _may_revoke(tx: Tx, actor: Principal, grant: Grant) -> bool:
+    if actor.is_admin or actor.id == grant.principal:
+        return True
+    api = tx.directory.get_api(grant.api)
+    return api is not None and not api.owners.isdisjoint(actor.groups)
+
+
+def _end(tx: Tx, grant: Grant, actor: Principal, reason: str, now: datetime) -> Grant:
+    released = actor.id == grant.principal
+    status = GrantStatus.RELEASED if released else GrantStatus.REVOKED
+    ended = end_grant(grant, status, now, actor.id, reason)
+    tx.access.save_grant_state(ended)
+    tx.audit.append(
+        [
+            NewEvent(
+                type=EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED,
+                at=now,
+                actor=actor.id,
+                principal=grant.principal,
+                api=grant.api,
+                grant=grant.id,
+                request=grant.request_id,
+                data={"reason": reason},
+            )
+        ]
+    )
+    return ended
+
+
+def revoke(ctx: Context, actor: Principal, grant_id: str, reason: str) -> Grant:
+    """Revoke one grant (or release it, when the grantee calls)."""
+    reason = (reason or "").strip()
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        grant = tx.access.get_grant(grant_id, lock=True)
+        if grant is None:
+            raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
+        if not _may_revoke(tx, actor, grant):
+            raise Forbidden(
+                "only the grantee, an owner of the API or an administrator may revoke a grant",
+                code="not-allowed-to-revoke",
+            )
+        if actor.id != grant.principal and not reason:
+            raise InvalidInput("a reason is required to revoke someone's grant")
+        ended = _end(tx, grant, actor, reason or "released", now)
+    ctx.feed.grant_ended(ended.id, ended.expires_at)
+    return ended
+
+
+def kill_switch(
+    ctx: Context,
+    actor: Principal,
+    *,
+    principal: str | None,
+    api: str | None,
+    reason: str,
+) -> list[Grant]:
+    """Revoke every active grant of a principal and/or an API, in one transaction."""
+    if principal is None and api is None:
+        raise InvalidInput("name a principal, an API, or both")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("a reason is required")
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        if not actor.is_admin:
+            owned = api is not None and (
+                (target := tx.directory.get_api(api)) is not None
+                and not target.owners.isdisjoint(actor.groups)
+            )
+            if not owned:
+                raise Forbidden(
+                    "only an administrator, or an owner of the named API, may use the kill switch",
+                    code="not-allowed-to-revoke",
+                )
+        live = [
+            g
+            for g in tx.access.list_grants(
+                status=GrantStatus.ACTIVE, principal=principal, api=api, lock=True, limit=None
+            )
+            if now < g.expires_at
+        ]
+        ended = [_end(tx, g, actor, reason, now) for g in live]
+    for grant in ended:
+        ctx.feed.grant_ended(grant.id, grant.expires_at)
+    return ended
+
+
+def expire_grants(ctx: Context) -> int:
+    """Mark active grants past ``expires_at`` as expired (their tokens already are)."""
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        due = tx.access.due_for_expiry(now)
+        for grant in due:
+            tx.access.save_grant_state(
+                end_grant(grant, GrantStatus.EXPIRED, now, "system", "expired")
+            )
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.GRANT_EXPIRED,
+                    at=now,
+                    actor="system",
+                    principal=g.principal,
+                    api=g.api,
+                    grant=g.id,
+                    request=g.request_id,
+                )
+                for g in due
+            ]
+        )
+    return len(due)

@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations and the SQL store (SQLite and PostgreSQL)."""

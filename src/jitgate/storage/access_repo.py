@@ -1,0 +1,261 @@
+"""Access requests, approvals and grants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, Select, insert, select, update
+
+from jitgate.domain.models import (
+    AccessRequest,
+    Decision,
+    Grant,
+    GrantStatus,
+    Outcome,
+    RequestStatus,
+    Risk,
+)
+from jitgate.storage.tables import access_requests, approvals, grants
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    request_id: str
+    approver: str
+    verdict: str  # "approve" | "deny"
+    comment: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "approver": self.approver,
+            "verdict": self.verdict,
+            "comment": self.comment,
+            "at": self.at.isoformat(),
+        }
+
+
+def decision_from_json(d: dict[str, Any]) -> Decision:
+    risk = d.get("risk", {})
+    return Decision(
+        outcome=Outcome(d["outcome"]),
+        rule=d.get("rule"),
+        reasons=tuple(d.get("reasons", ())),
+        risk=Risk(
+            score=int(risk.get("score", 0)),
+            factors=tuple((f["name"], int(f["points"])) for f in risk.get("factors", ())),
+        ),
+        approvals_required=int(d.get("approvals_required", 0)),
+        approver_groups=frozenset(d.get("approver_groups", ())),
+        policy_version=d.get("policy_version", ""),
+    )
+
+
+def _request(row: RowMapping) -> AccessRequest:
+    return AccessRequest(
+        id=row["id"],
+        requester=row["requester"],
+        api=row["api"],
+        scopes=tuple(row["scopes"]),
+        duration=timedelta(seconds=row["duration_seconds"]),
+        reason=row["reason"],
+        status=RequestStatus(row["status"]),
+        created_at=row["created_at"],
+        decision=decision_from_json(row["decision"]),
+        ticket=row["ticket"],
+        starts_at=row["starts_at"],
+        decided_at=row["decided_at"],
+        grant_id=row["grant_id"],
+    )
+
+
+def _grant(row: RowMapping) -> Grant:
+    return Grant(
+        id=row["id"],
+        request_id=row["request_id"],
+        principal=row["principal"],
+        api=row["api"],
+        scopes=tuple(row["scopes"]),
+        not_before=row["not_before"],
+        expires_at=row["expires_at"],
+        status=GrantStatus(row["status"]),
+        created_at=row["created_at"],
+        max_calls=row["max_calls"],
+        ended_at=row["ended_at"],
+        ended_by=row["ended_by"],
+        end_reason=row["end_reason"],
+    )
+
+
+class AccessRepo:
+    def __init__(self, connection: Connection) -> None:
+        self._c = connection
+
+    def _one(self, query: Select[Any], lock: bool) -> RowMapping | None:
+        if lock:
+            query = query.with_for_update()
+        row = self._c.execute(query).first()
+        return row._mapping if row else None
+
+    # requests ---------------------------------------------------------------
+    def insert_request(self, r: AccessRequest) -> None:
+        self._c.execute(
+            insert(access_requests).values(
+                id=r.id,
+                requester=r.requester,
+                api=r.api,
+                scopes=list(r.scopes),
+                duration_seconds=int(r.duration.total_seconds()),
+                reason=r.reason,
+                ticket=r.ticket,
+                starts_at=r.starts_at,
+                status=r.status.value,
+                decision=r.decision.as_dict(),
+                created_at=r.created_at,
+                decided_at=r.decided_at,
+                grant_id=r.grant_id,
+            )
+        )
+
+    def save_request_state(self, r: AccessRequest) -> None:
+        self._c.execute(
+            update(access_requests)
+            .where(access_requests.c.id == r.id)
+            .values(status=r.status.value, decided_at=r.decided_at, grant_id=r.grant_id)
+        )
+
+    def get_request(self, request_id: str, *, lock: bool = False) -> AccessRequest | None:
+        row = self._one(select(access_requests).where(access_requests.c.id == request_id), lock)
+        return _request(row) if row else None
+
+    def list_requests(
+        self,
+        *,
+        status: RequestStatus | None = None,
+        requester: str | None = None,
+        api: str | None = None,
+        limit: int = 100,
+    ) -> list[AccessRequest]:
+        query = select(access_requests)
+        if status is not None:
+            query = query.where(access_requests.c.status == status.value)
+        if requester is not None:
+            query = query.where(access_requests.c.requester == requester)
+        if api is not None:
+            query = query.where(access_requests.c.api == api)
+        query = query.order_by(access_requests.c.created_at.desc()).limit(limit)
+        return [_request(r._mapping) for r in self._c.execute(query)]
+
+    def stale_pending(self, cutoff: datetime, *, limit: int = 500) -> list[AccessRequest]:
+        query = (
+            select(access_requests)
+            .where(
+                access_requests.c.status == RequestStatus.PENDING.value,
+                access_requests.c.created_at <= cutoff,
+            )
+            .limit(limit)
+            .with_for_update()
+        )
+        return [_request(r._mapping) for r in self._c.execute(query)]
+
+    # approvals --------------------------------------------------------------
+    def insert_approval(self, a: Approval) -> None:
+        self._c.execute(
+            insert(approvals).values(
+                request_id=a.request_id,
+                approver=a.approver,
+                verdict=a.verdict,
+                comment=a.comment,
+                at=a.at,
+            )
+        )
+
+    def list_approvals(self, request_id: str) -> list[Approval]:
+        rows = self._c.execute(
+            select(approvals).where(approvals.c.request_id == request_id).order_by(approvals.c.id)
+        )
+        return [
+            Approval(
+                request_id=r.request_id,
+                approver=r.approver,
+                verdict=r.verdict,
+                comment=r.comment,
+                at=r.at,
+            )
+            for r in rows
+        ]
+
+    # grants -----------------------------------------------------------------
+    def insert_grant(self, g: Grant) -> None:
+        self._c.execute(
+            insert(grants).values(
+                id=g.id,
+                request_id=g.request_id,
+                principal=g.principal,
+                api=g.api,
+                scopes=list(g.scopes),
+                not_before=g.not_before,
+                expires_at=g.expires_at,
+                status=g.status.value,
+                max_calls=g.max_calls,
+                created_at=g.created_at,
+            )
+        )
+
+    def save_grant_state(self, g: Grant) -> None:
+        self._c.execute(
+            update(grants)
+            .where(grants.c.id == g.id)
+            .values(
+                status=g.status.value,
+                ended_at=g.ended_at,
+                ended_by=g.ended_by,
+                end_reason=g.end_reason,
+            )
+        )
+
+    def get_grant(self, grant_id: str, *, lock: bool = False) -> Grant | None:
+        row = self._one(select(grants).where(grants.c.id == grant_id), lock)
+        return _grant(row) if row else None
+
+    def list_grants(
+        self,
+        *,
+        status: GrantStatus | None = None,
+        principal: str | None = None,
+        api: str | None = None,
+        lock: bool = False,
+        limit: int | None = 100,
+    ) -> list[Grant]:
+        query = select(grants)
+        if status is not None:
+            query = query.where(grants.c.status == status.value)
+        if principal is not None:
+            query = query.where(grants.c.principal == principal)
+        if api is not None:
+            query = query.where(grants.c.api == api)
+        query = query.order_by(grants.c.created_at.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        if lock:
+            query = query.with_for_update()
+        return [_grant(r._mapping) for r in self._c.execute(query)]
+
+    def due_for_expiry(self, now: datetime, *, limit: int = 500) -> list[Grant]:
+        query = (
+            select(grants)
+            .where(grants.c.status == GrantStatus.ACTIVE.value, grants.c.expires_at <= now)
+            .limit(limit)
+            .with_for_update()
+        )
+        return [_grant(r._mapping) for r in self._c.execute(query)]
+
+    def ended_unexpired(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Grants ended early (revoked/released) whose tokens would still be in date."""
+        query = select(grants.c.id, grants.c.expires_at).where(
+            grants.c.status.in_([GrantStatus.REVOKED.value, GrantStatus.RELEASED.value]),
+            grants.c.expires_at > now,
+        )
+        return [(r.id, r.expires_at) for r in self._c.execute(query)]

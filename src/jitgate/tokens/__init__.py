@@ -1,0 +1,1 @@
+"""Grant tokens: signing keys, JWKS, issuing and verifying."""

@@ -1,0 +1,145 @@
+"""Issue and verify grant tokens (compact JWS, ``alg: EdDSA``, ``typ: jit+jwt``).
+
+Wire format (append-only; claims are never renamed or given a new meaning):
+header ``{alg: EdDSA, typ: jit+jwt, kid}``; claims ``iss, sub, aud, jti, gid, scope,
+iat, nbf, exp`` with ``exp`` never later than the grant's ``expires_at``.
+
+Verification is two separate steps: the signature (algorithm pinned to EdDSA, key
+chosen by ``kid`` from our own key set only, any embedded key reference refused),
+then the claims against an injected time. Every failure has a reason code.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from jitgate.domain.models import Grant
+from jitgate.tokens.keys import KeyRing
+
+TOKEN_TYPE = "jit+jwt"  # noqa: S105 - a media type, not a secret
+ALGORITHM = "EdDSA"
+MAX_TOKEN_LENGTH = 4096
+_REQUIRED = ("iss", "sub", "aud", "jti", "gid", "scope", "iat", "nbf", "exp")
+_FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit")
+
+
+@dataclass(frozen=True, slots=True)
+class GrantClaims:
+    principal: str
+    api: str
+    grant_id: str
+    jti: str
+    scopes: tuple[str, ...]
+    not_before: float
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFailure:
+    reason: str  # machine code, e.g. "token-expired"
+    detail: str
+
+
+def issue(grant: Grant, ring: KeyRing, issuer: str, now: datetime) -> tuple[str, str]:
+    """A signed token for ``grant`` and its ``jti``."""
+    jti = secrets.token_urlsafe(16)
+    claims = {
+        "iss": issuer,
+        "sub": grant.principal,
+        "aud": grant.api,
+        "jti": jti,
+        "gid": grant.id,
+        "scope": list(grant.scopes),
+        "iat": int(now.timestamp()),
+        "nbf": int(grant.not_before.timestamp()),
+        "exp": int(grant.expires_at.timestamp()),  # floor: never later than expires_at
+    }
+    token = jwt.encode(
+        claims,
+        ring.signing_key,
+        algorithm=ALGORITHM,
+        headers={"typ": TOKEN_TYPE, "kid": ring.signing_kid},
+    )
+    return token, jti
+
+
+def verify_signature(
+    token: str, public_keys: Mapping[str, Ed25519PublicKey], issuer: str
+) -> GrantClaims | TokenFailure:
+    """Step one: the token is ours and well-formed. Time is not looked at here."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return TokenFailure("token-malformed", "the token is empty or too long")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return TokenFailure("token-malformed", "the token is not a compact JWS")
+    if header.get("alg") != ALGORITHM:
+        return TokenFailure("token-algorithm", "only EdDSA-signed tokens are accepted")
+    if header.get("typ") != TOKEN_TYPE:
+        return TokenFailure("token-type", f"the token type must be {TOKEN_TYPE}")
+    if any(name in header for name in _FORBIDDEN_HEADERS):
+        return TokenFailure("token-header", "embedded keys and key references are refused")
+    kid = header.get("kid")
+    key = public_keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        return TokenFailure("token-key", "the token is signed by an unknown key")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            options={
+                "require": list(_REQUIRED),
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+            },
+        )
+    except jwt.InvalidSignatureError:
+        return TokenFailure("token-signature", "the token signature does not verify")
+    except jwt.InvalidIssuerError:
+        return TokenFailure("token-issuer", "the token was not issued by this jitgate")
+    except jwt.MissingRequiredClaimError as exc:
+        return TokenFailure("token-claims", f"the token lacks the {exc.claim!r} claim")
+    except jwt.PyJWTError:
+        return TokenFailure("token-malformed", "the token could not be decoded")
+    return _claims(claims)
+
+
+def _claims(c: dict[str, Any]) -> GrantClaims | TokenFailure:
+    scope = c["scope"]
+    numbers = (c["nbf"], c["exp"], c["iat"])
+    if (
+        not all(isinstance(c[k], str) for k in ("sub", "aud", "jti", "gid"))
+        or not isinstance(scope, list)
+        or not all(isinstance(s, str) for s in scope)
+        or not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
+    ):
+        return TokenFailure("token-claims", "the token claims have the wrong types")
+    return GrantClaims(
+        principal=c["sub"],
+        api=c["aud"],
+        grant_id=c["gid"],
+        jti=c["jti"],
+        scopes=tuple(scope),
+        not_before=float(c["nbf"]),
+        expires=float(c["exp"]),
+    )
+
+
+def check_time(claims: GrantClaims, now: float, leeway: float) -> TokenFailure | None:
+    """Step two: the token is in date at ``now``."""
+    if now >= claims.expires + leeway:
+        return TokenFailure("token-expired", "the grant token has expired")
+    if now + leeway < claims.not_before:
+        return TokenFailure("token-not-yet-valid", "the grant is not valid yet")
+    return None

@@ -1,0 +1,115 @@
+"""The composition root: settings in, running services out. The only place that chooses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jitgate.audit.events import NewEvent
+from jitgate.audit.writer import Append, AuditWriter
+from jitgate.clock import Clock, SystemClock
+from jitgate.config import Settings
+from jitgate.gateway.enforce import Enforcer
+from jitgate.gateway.proxy import Proxy
+from jitgate.gateway.view import GatewayView
+from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy
+from jitgate.policy.model import Policy
+from jitgate.secrets import Secret, SecretBox, load_master_key
+from jitgate.services.bootstrap import ensure_admin, ensure_keyring, record_policy
+from jitgate.services.context import Context, NullFeed
+from jitgate.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+EMPTY_POLICY = "version: 1\nrules: []\n"
+
+
+def choose_policy(settings: Settings, *, demo: bool) -> Policy:
+    if settings.policy_file is not None:
+        return load_policy(settings.policy_file)
+    if demo:
+        return load_policy(DEMO_POLICY_PATH)
+    log.warning("no policy_file is configured: every request will be denied")
+    return parse_policy(EMPTY_POLICY, "(no policy configured)")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    ctx: Context
+    writer: AuditWriter
+    view: GatewayView | None
+    proxy: Proxy | None
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()
+
+
+def build(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    gateway: bool = True,
+    clock: Clock | None = None,
+) -> Runtime:
+    clock = clock or SystemClock()
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env_key = Secret(settings.master_key.get_secret_value()) if settings.master_key else None
+    box = SecretBox(load_master_key(env_key, settings.master_key_path))
+    policy = choose_policy(settings, demo=demo)
+    store = Store.open(settings.database)
+    ring = ensure_keyring(store, box, clock)
+    writer = AuditWriter(
+        _appender(store),
+        batch_size=settings.audit.batch_size,
+        flush_interval=(
+            settings.audit.flush_interval.total_seconds() if settings.audit.flush_interval else 0.05
+        ),
+        queue_size=settings.audit.queue_size,
+    )
+    writer.start()
+    view = proxy = None
+    if gateway:
+        view = GatewayView(
+            store, box, clock, max_staleness=settings.revocation.max_staleness.total_seconds()
+        )
+        view.resync()
+    ctx = Context(
+        store=store,
+        clock=clock,
+        box=box,
+        issuer=settings.token_issuer,
+        gateway_url=settings.gateway.url,
+        policy=policy,
+        keyring=ring,
+        audit=writer,
+        feed=view if view is not None else NullFeed(),
+    )
+    if view is not None:
+        enforcer = Enforcer(
+            view,
+            issuer=settings.token_issuer,
+            leeway=settings.gateway.leeway,
+            cache_size=settings.gateway.token_cache_size,
+        )
+        proxy = Proxy(
+            enforcer,
+            writer,
+            clock,
+            connect_timeout=settings.gateway.upstream_connect_timeout.total_seconds(),
+            timeout=settings.gateway.upstream_timeout.total_seconds(),
+        )
+    record_policy(ctx, policy)
+    ensure_admin(ctx, settings.state_dir)
+    return Runtime(settings, store, ctx, writer, view, proxy)
+
+
+def _appender(store: Store) -> Append:
+    def append(events: Sequence[NewEvent]) -> None:
+        with store.transaction() as tx:
+            tx.audit.append(events)
+
+    return append
