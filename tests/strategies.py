@@ -20,7 +20,7 @@ LITERAL_CHARS = "".join(
 )
 
 method_sets = st.frozensets(st.sampled_from(METHODS), min_size=1)
-request_methods = st.sampled_from((*METHODS, "TRACE", "CONNECT", "get", "head"))
+REQUEST_METHODS = (*METHODS, "TRACE", "CONNECT", "get", "head")
 
 any_literal = st.text(LITERAL_CHARS, min_size=1, max_size=8).filter(
     lambda s: s.partition(";")[0] not in {".", ".."}

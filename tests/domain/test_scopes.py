@@ -360,34 +360,63 @@ def test_round_trip(scope: Scope) -> None:
 
 
 @settings(max_examples=300)
-@given(st.data(), strat.scope_pairs(), strat.request_methods)
-def test_covers_is_sound(data: st.DataObject, pair: tuple[Scope, Scope], method: str) -> None:
+@given(st.data(), strat.scope_pairs())
+def test_covers_is_sound(data: st.DataObject, pair: tuple[Scope, Scope]) -> None:
     ceiling, requested = pair
-    path = data.draw(st.one_of(strat.concrete_paths, strat.paths_in(requested)))
-    if covers(ceiling, requested) and requested.matches(method, path):
-        assert ceiling.matches(method, path)
+    if not covers(ceiling, requested):
+        return
+    paths = data.draw(st.lists(st.one_of(strat.concrete_paths, strat.paths_in(requested)), min_size=4, max_size=8))
+    for method, path in product(strat.REQUEST_METHODS, paths):
+        if requested.matches(method, path):
+            assert ceiling.matches(method, path), (method, path.raw)
 
 
-# Patterns use two literals and at most three body segments; paths add a third, fresh
-# literal and run two segments longer, which is enough to hold a witness for every
-# non-covering pair. Checking all of them makes covers() exact, not merely sound.
+# covers() is exact, not merely sound, checked exhaustively on a small world: every pattern
+# of up to three body segments over two literals and both wildcards, with each tail. Paths
+# add a fresh literal and run two segments longer, which is enough to hold a witness for
+# every pair that does not cover.
 _SMALL = ("a", "v1")
+_PATTERNS = [
+    (*body, *tail)
+    for n in range(4)
+    for body in product((*_SMALL, "*", "{id}"), repeat=n)
+    for tail in ((), ("",), ("**",))
+    if body or tail
+]
 _UNIVERSE = [
-    strat._path(list(segments), trailing)
+    normalise_path("/" + "/".join(segments) + ("/" if trailing else ""))
     for n in range(6)
     for segments in product((*_SMALL, "zz"), repeat=n)
-    for trailing in (False, True)
-    if n or not trailing
+    for trailing in ((False, True) if n else (False,))
 ]
 
 
-@settings(max_examples=150)
-@given(strat.scope_pairs(_SMALL, max_body=3))
-def test_covers_is_exact(pair: tuple[Scope, Scope]) -> None:
-    ceiling, requested = pair
-    methods_inside = all(ceiling.admits_method(m) for m in strat.METHODS if requested.admits_method(m))
-    paths_inside = all(ceiling.matches_path(p) for p in _UNIVERSE if requested.matches_path(p))
-    assert covers(ceiling, requested) is (methods_inside and paths_inside)
+def test_covers_is_exact_on_paths() -> None:
+    scopes = [Scope(frozenset({"GET"}), pattern) for pattern in _PATTERNS]
+    matched = [
+        frozenset(i for i, path in enumerate(_UNIVERSE) if scope.matches_path(path))
+        for scope in scopes
+    ]
+    for ceiling, ceiling_paths in zip(scopes, matched, strict=True):
+        for requested, requested_paths in zip(scopes, matched, strict=True):
+            expected = requested_paths <= ceiling_paths
+            assert covers(ceiling, requested) is expected, (str(ceiling), str(requested))
+
+
+def test_covers_is_exact_on_methods() -> None:
+    methods = sorted(ALL_METHODS)
+    sets = [
+        frozenset(m for m, bit in zip(methods, bits, strict=True) if bit)
+        for bits in product((False, True), repeat=len(methods))
+        if any(bits)
+    ]
+    scopes = [Scope(s, ("a",)) for s in sets]
+    for ceiling in scopes:
+        for requested in scopes:
+            expected = all(
+                ceiling.admits_method(m) for m in methods if requested.admits_method(m)
+            )
+            assert covers(ceiling, requested) is expected, (str(ceiling), str(requested))
 
 
 @settings(max_examples=200)

@@ -1,0 +1,232 @@
+"""Administration: APIs, principals, and the policy tools."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jitgate.cli.client import Client, fail
+from jitgate.cli.output import Output, OutputOption, emit_json, table
+from jitgate.domain.durations import format_duration, parse_duration
+from jitgate.domain.models import Api, Injection, InjectionKind, Principal, PrincipalKind
+from jitgate.domain.scopes import parse_scope
+from jitgate.errors import JitgateError
+from jitgate.policy import evaluate, load_policy
+from jitgate.policy.engine import Subject
+
+SECRET_ENV = "JITGATE_API_SECRET"  # noqa: S105 - the name of a variable, not its value
+
+api_app = typer.Typer(help="Register and manage upstream APIs.", no_args_is_help=True)
+principal_app = typer.Typer(help="Manage principals and their tokens.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and explain policies.", no_args_is_help=True)
+
+
+def _client(ctx: typer.Context) -> Client:
+    client: Client = ctx.obj
+    return client
+
+
+@api_app.command("add")
+def api_add(
+    ctx: typer.Context,
+    name: str,
+    base_url: Annotated[str, typer.Option(help="upstream base URL (http/https)")],
+    secret_env: Annotated[
+        str, typer.Option(help="name of the environment variable holding the secret")
+    ] = SECRET_ENV,
+    inject: Annotated[str, typer.Option(help="header | query | basic")] = "header",
+    header: Annotated[str, typer.Option(help="header name (inject=header)")] = "Authorization",
+    template: Annotated[str, typer.Option(help="header value template")] = "Bearer {secret}",
+    param: Annotated[str, typer.Option(help="query parameter (inject=query)")] = "api_key",
+    username: Annotated[str, typer.Option(help="user name (inject=basic)")] = "",
+    environment: Annotated[str, typer.Option(help="environment label")] = "prod",
+    owner: Annotated[list[str] | None, typer.Option(help="owner group (repeatable)")] = None,
+    description: str = "",
+) -> None:
+    """Register an upstream API. The secret is read from an environment variable."""
+    secret = os.environ.get(secret_env)
+    if not secret:
+        fail(f"set the upstream secret in ${secret_env} (it is never taken on the command line)")
+    body = {
+        "name": name,
+        "base_url": base_url,
+        "secret": secret,
+        "injection": {
+            "kind": inject,
+            "name": param if inject == "query" else header,
+            "template": template,
+            "username": username,
+        },
+        "environment": environment,
+        "owners": owner or [],
+        "description": description,
+    }
+    created = _client(ctx).call("POST", "/v1/apis", json_body=body)
+    typer.echo(f"API {created['name']} registered: {created['base_url']}")
+
+
+@api_app.command("list")
+def api_list(ctx: typer.Context, output: Output = OutputOption) -> None:
+    """List registered APIs (never their secrets)."""
+    items = _client(ctx).call("GET", "/v1/apis")["items"]
+    if output is Output.JSON:
+        emit_json(items)
+        return
+    rows = [
+        (a["name"], a["base_url"], a["environment"], ", ".join(a["owners"]), a["injection"]["kind"])
+        for a in items
+    ]
+    table("APIs", ["name", "base_url", "environment", "owners", "injection"], rows)
+
+
+@api_app.command("rotate-secret")
+def api_rotate(
+    ctx: typer.Context,
+    name: str,
+    secret_env: Annotated[
+        str, typer.Option(help="environment variable with the new secret")
+    ] = SECRET_ENV,
+) -> None:
+    """Replace an API's upstream secret (read from an environment variable)."""
+    secret = os.environ.get(secret_env)
+    if not secret:
+        fail(f"set the new secret in ${secret_env}")
+    _client(ctx).call("POST", f"/v1/apis/{name}/secret", json_body={"secret": secret})
+    typer.echo(f"secret of {name} rotated")
+
+
+@principal_app.command("add")
+def principal_add(
+    ctx: typer.Context,
+    principal_id: str,
+    kind: Annotated[str, typer.Option(help="user | service")] = "user",
+    name: Annotated[str, typer.Option(help="display name")] = "",
+    group: Annotated[list[str] | None, typer.Option(help="group (repeatable)")] = None,
+    admin: Annotated[bool, typer.Option(help="make an administrator")] = False,
+) -> None:
+    """Create a principal."""
+    body = {
+        "id": principal_id,
+        "kind": kind,
+        "display_name": name,
+        "groups": group or [],
+        "is_admin": admin,
+    }
+    created = _client(ctx).call("POST", "/v1/principals", json_body=body)
+    typer.echo(f"principal {created['id']} created (groups: {', '.join(created['groups'])})")
+
+
+@principal_app.command("list")
+def principal_list(ctx: typer.Context, output: Output = OutputOption) -> None:
+    """List principals."""
+    items = _client(ctx).call("GET", "/v1/principals")["items"]
+    if output is Output.JSON:
+        emit_json(items)
+        return
+    rows = [
+        (
+            p["id"],
+            p["kind"],
+            p["display_name"],
+            ", ".join(p["groups"]),
+            "yes" if p["is_admin"] else "",
+        )
+        for p in items
+    ]
+    table("Principals", ["id", "kind", "name", "groups", "admin"], rows)
+
+
+@principal_app.command("token")
+def principal_token(
+    ctx: typer.Context,
+    principal_id: str,
+    label: str = "",
+) -> None:
+    """Issue a new token for a principal (printed once; stored only as a hash)."""
+    issued = _client(ctx).call(
+        "POST", f"/v1/principals/{principal_id}/tokens", json_body={"label": label}
+    )
+    typer.echo(issued["token"])
+
+
+@policy_app.command("check")
+def policy_check(file: Path) -> None:
+    """Validate a policy file: schema, scopes, durations (errors name file and line)."""
+    try:
+        policy = load_policy(file)
+    except JitgateError as exc:
+        fail(exc.detail)
+    typer.echo(f"{file}: ok, {len(policy.rules)} rule(s), digest {policy.digest[:12]}")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    ctx: typer.Context,
+    file: Path,
+    principal: Annotated[str, typer.Option(help="requester id")],
+    api: Annotated[str, typer.Option(help="API name")],
+    scope: Annotated[list[str], typer.Option("--scope", "-s", help="requested scope")],
+    duration: Annotated[str, typer.Option("--for", help="requested duration")],
+    group: Annotated[
+        list[str] | None, typer.Option(help="requester group; with --environment, works offline")
+    ] = None,
+    environment: Annotated[str | None, typer.Option(help="the API's environment label")] = None,
+    output: Output = OutputOption,
+) -> None:
+    """Show which rule decides a request under FILE, and why the others did not."""
+    try:
+        policy = load_policy(file)
+        scopes = tuple(parse_scope(s) for s in scope)
+        length = parse_duration(duration)
+    except JitgateError as exc:
+        fail(exc.detail)
+    if group is None or environment is None:
+        client = _client(ctx)
+        if group is None:
+            group = client.call("GET", f"/v1/principals/{principal}")["groups"]
+        if environment is None:
+            environment = client.call("GET", f"/v1/apis/{api}")["environment"]
+    subject = Subject(
+        principal=Principal(principal, PrincipalKind.USER, principal, frozenset(group or [])),
+        api=Api(api, "http://unused", Injection(InjectionKind.HEADER), environment or "prod"),
+        scopes=scopes,
+        duration=length,
+    )
+    evaluation = evaluate(policy, subject)
+    decision = evaluation.decision
+    if output is Output.JSON:
+        emit_json(
+            {
+                "decision": decision.as_dict(),
+                "trace": [
+                    {"rule": t.rule, "line": t.line, "matched": t.matched, "reason": t.reason}
+                    for t in evaluation.trace
+                ],
+            }
+        )
+        return
+    typer.echo(
+        f"decision: {decision.outcome.value} (rule {decision.rule or '-'}), "
+        f"{format_duration(length)} requested"
+    )
+    for t in evaluation.trace:
+        mark = "=>" if t.matched else "  "
+        typer.echo(f" {mark} {t.rule} (line {t.line}): {t.reason}")
+    for reason in decision.reasons:
+        typer.echo(f"  reason: {reason}")
+    factors = ", ".join(f"{n} +{p}" for n, p in decision.risk.factors) or "none"
+    typer.echo(f"  risk: {decision.risk.score} ({factors})")
+    if decision.approvals_required:
+        typer.echo(
+            f"  approvals: {decision.approvals_required} from "
+            f"{', '.join(sorted(decision.approver_groups))}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(api_app, name="api")
+    app.add_typer(principal_app, name="principal")
+    app.add_typer(policy_app, name="policy")

@@ -1,0 +1,184 @@
+"""The audit trail: list and follow, export, verify (through the server or on a database)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from jitgate.cli.client import Client, fail
+from jitgate.cli.output import Output, OutputOption, emit_json, table
+from jitgate.errors import JitgateError
+
+audit_app = typer.Typer(help="The audit trail: list, follow, export and verify.")
+
+
+def _filters(ctx: typer.Context) -> dict[str, Any]:
+    filters: dict[str, Any] = ctx.meta.get("audit_filters", {})
+    return filters
+
+
+def _page(client: Client, filters: dict[str, Any], after: int, limit: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = client.call(
+        "GET", "/v1/audit", params={**filters, "after": after, "limit": limit}
+    )["items"]
+    return items
+
+
+def _row(e: dict[str, Any]) -> tuple[Any, ...]:
+    data = e.get("data") or {}
+    summary = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("jti",))
+    return (
+        e["seq"],
+        e["at"][:23],
+        e["type"],
+        e["actor"],
+        e["principal"],
+        e["api"],
+        e["grant"] or e["request"],
+        summary[:120],
+    )
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit(
+    ctx: typer.Context,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="e.g. access.denied or access.*")
+    ] = None,
+    actor: Annotated[str | None, typer.Option()] = None,
+    principal: Annotated[str | None, typer.Option()] = None,
+    api: Annotated[str | None, typer.Option()] = None,
+    grant: Annotated[str | None, typer.Option()] = None,
+    request: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option(help="events per page")] = 200,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new events")
+    ] = False,
+    output: Output = OutputOption,
+) -> None:
+    """List audit events (filters combine); with --follow, keep printing new ones."""
+    filters = {
+        "type": type_,
+        "actor": actor,
+        "principal": principal,
+        "api": api,
+        "grant": grant,
+        "request": request,
+        "since": since,
+        "until": until,
+    }
+    ctx.meta["audit_filters"] = {k: v for k, v in filters.items() if v is not None}
+    if ctx.invoked_subcommand is not None:
+        return
+    client: Client = ctx.obj
+    after, events = 0, []
+    while True:
+        page = _page(client, _filters(ctx), after, min(limit, 1000))
+        events.extend(page)
+        if len(page) < min(limit, 1000):
+            break
+        after = page[-1]["seq"]
+    if output is Output.JSON:
+        emit_json(events)
+    else:
+        table(
+            "Audit",
+            ["seq", "at", "type", "actor", "principal", "api", "grant/request", "data"],
+            [_row(e) for e in events],
+        )
+    if not follow:
+        return
+    after = events[-1]["seq"] if events else 0
+    try:
+        while True:
+            time.sleep(1.0)
+            for e in _page(client, _filters(ctx), after, 1000):
+                after = e["seq"]
+                line = (
+                    json.dumps(e)
+                    if output is Output.JSON
+                    else "  ".join("" if v is None else str(v) for v in _row(e))
+                )
+                typer.echo(line)
+    except KeyboardInterrupt:
+        return
+
+
+@audit_app.command("export")
+def export(
+    ctx: typer.Context,
+    format_: Annotated[str, typer.Option("--format", help="jsonl")] = "jsonl",
+) -> None:
+    """Write every matching event as JSON Lines on stdout (with hashes, for offline checks)."""
+    if format_ != "jsonl":
+        fail("only --format jsonl is supported", code=2)
+    client: Client = ctx.obj
+    after = 0
+    while True:
+        page = _page(client, _filters(ctx), after, 1000)
+        for e in page:
+            typer.echo(json.dumps(e, sort_keys=True))
+        if len(page) < 1000:
+            return
+        after = page[-1]["seq"]
+
+
+@audit_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    database: Annotated[
+        str | None, typer.Option(help="verify this database (or a copy) directly, no server")
+    ] = None,
+    output: Output = OutputOption,
+) -> None:
+    """Check the hash chain and the latest signed checkpoint; non-zero exit if tampered."""
+    if database is None:
+        result = ctx.obj.call("GET", "/v1/audit/verify")
+    else:
+        result = _verify_database(database)
+    if output is Output.JSON:
+        emit_json(result)
+    elif result["ok"]:
+        typer.echo(
+            f"audit log intact: {result['checked']} events, head {result['head_seq']} "
+            f"{result['head_hash'][:16]}…"
+        )
+        if result.get("checkpoint"):
+            typer.echo(f"matches the signed checkpoint at seq {result['checkpoint']['seq']}")
+    else:
+        problem = result.get("problem") or result.get("checkpoint_problem")
+        bad = result.get("first_bad_seq")
+        where = f"first bad event: seq {bad}: " if bad is not None else ""
+        typer.secho(f"AUDIT LOG TAMPERED: {where}{problem}", fg=typer.colors.RED, err=True)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _verify_database(url: str) -> dict[str, Any]:
+    from jitgate.services.audit import verify_store  # noqa: PLC0415 - storage only when asked
+    from jitgate.storage.store import Store  # noqa: PLC0415
+
+    try:
+        store = Store.open(url, migrate_schema=False)
+        with store.transaction() as tx:
+            keys = {
+                k.kid: Ed25519PublicKey.from_public_bytes(k.public_key)
+                for k in tx.directory.list_keys()
+            }
+        result = verify_store(store, keys).as_dict()
+        store.close()
+    except JitgateError as exc:
+        fail(exc.detail)
+    except Exception as exc:  # a missing file or table must read as an error, not a trace
+        fail(f"cannot read the audit log from {url}: {type(exc).__name__}: {exc}")
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")

@@ -1,0 +1,150 @@
+"""Running the processes: ``jitgate up`` (everything in one), ``serve control``, ``serve gateway``.
+
+Everything runs on one uvloop event loop: the control plane under uvicorn, the gateway
+as an aiohttp server, the demo upstream, and the periodic jobs (grant and pending
+expiry, audit checkpoints, the gateway's resync). The blocking database work of those
+jobs runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+import uvloop
+from aiohttp import web
+
+from jitgate.config import Settings
+from jitgate.control.app import create_app
+from jitgate.demo.fixture import set_up_demo
+from jitgate.demo.upstream import create_upstream
+from jitgate.gateway.app import create_gateway_server
+from jitgate.services import access, audit, grants
+from jitgate.wiring import Runtime, build
+
+log = logging.getLogger(__name__)
+
+OnReady = Callable[[Runtime, dict[str, str] | None], None]
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _every(seconds: float, job: Callable[[], object], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(job)
+        except Exception:
+            log.exception("periodic job %s failed", name)
+
+
+async def _serve_aiohttp(server: web.Server, listen: str) -> web.ServerRunner:
+    runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = _split(listen)
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+async def _run(
+    rt: Runtime, *, control: bool, gateway: bool, demo: bool, on_ready: OnReady | None
+) -> None:
+    settings = rt.settings
+    runners: list[web.ServerRunner] = []
+    tasks: list[asyncio.Task[None]] = []
+    tokens = None
+    try:
+        if demo:
+            tokens, secret = set_up_demo(
+                rt.ctx, settings.state_dir, f"http://{settings.demo.upstream_listen}"
+            )
+            runners.append(
+                await _serve_aiohttp(create_upstream(secret), settings.demo.upstream_listen)
+            )
+        if gateway:
+            assert rt.proxy is not None and rt.view is not None
+            await rt.proxy.start()
+            runners.append(
+                await _serve_aiohttp(create_gateway_server(rt.proxy), settings.gateway.listen)
+            )
+            period = max(settings.revocation.max_staleness.total_seconds() / 4, 0.05)
+            tasks.append(asyncio.create_task(_every(period, rt.view.resync, "resync")))
+        jobs: list[tuple[float, Callable[[], object], str]] = []
+        if control:
+            ctx = rt.ctx
+            jobs = [
+                (1.0, lambda: grants.expire_grants(ctx), "expire-grants"),
+                (5.0, lambda: access.expire_pending(ctx), "expire-pending"),
+                (
+                    settings.audit.checkpoint_interval.total_seconds(),
+                    lambda: audit.checkpoint(ctx),
+                    "checkpoint",
+                ),
+            ]
+        tasks.extend(asyncio.create_task(_every(s, j, n)) for s, j, n in jobs)
+        if control:
+            host, port = _split(settings.control.listen)
+            config = uvicorn.Config(
+                create_app(rt.ctx),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                loop="none",
+                lifespan="off",
+            )
+            server = uvicorn.Server(config)
+            started = asyncio.create_task(server.serve())
+            while not server.started and not started.done():  # noqa: ASYNC110 - uvicorn has no event
+                await asyncio.sleep(0.02)
+            if started.done():
+                await started  # re-raise why it could not start
+                return
+            if on_ready:
+                on_ready(rt, tokens)
+            await started
+        else:
+            if on_ready:
+                on_ready(rt, tokens)
+            await _wait_for_signal()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for runner in runners:
+            await runner.cleanup()
+        if rt.proxy is not None:
+            await rt.proxy.close()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run(
+    settings: Settings,
+    *,
+    control: bool = True,
+    gateway: bool = True,
+    demo: bool = False,
+    on_ready: OnReady | None = None,
+) -> None:
+    rt = build(settings, demo=demo, gateway=gateway)
+    try:
+        main: Awaitable[None] = _run(
+            rt, control=control, gateway=gateway, demo=demo, on_ready=on_ready
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(main)  # type: ignore[arg-type]
+    finally:
+        rt.close()
