@@ -15,9 +15,7 @@ LITERALS = ("a", "b", "v1", "42")
 WILDCARDS = ("*", "{id}")
 
 # Every character a pattern literal may hold (printable ASCII minus % \ ? # * { } /).
-LITERAL_CHARS = "".join(
-    c for c in map(chr, range(0x21, 0x7F)) if c not in "%\\?#*{}/"
-)
+LITERAL_CHARS = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in "%\\?#*{}/")
 
 method_sets = st.frozensets(st.sampled_from(METHODS), min_size=1)
 REQUEST_METHODS = (*METHODS, "TRACE", "CONNECT", "get", "head")
@@ -43,9 +41,7 @@ def pattern_segments(
     return tuple(body)
 
 
-def scopes(
-    literals: tuple[str, ...] = LITERALS, max_body: int = 4
-) -> st.SearchStrategy[Scope]:
+def scopes(literals: tuple[str, ...] = LITERALS, max_body: int = 4) -> st.SearchStrategy[Scope]:
     segment = st.sampled_from((*literals, *WILDCARDS))
     return st.builds(Scope, method_sets, pattern_segments(segment, max_body))
 
@@ -136,8 +132,29 @@ def paths_in(draw: st.DrawFn, scope: Scope) -> NormalisedPath:
 
 
 _PIECES = (
-    "a", ".", "..", "...", "%2e", "%2E", "%2f", "%5c", "%25", "%00", "%c0%ae", "%e2%80%ae",
-    "%ef%bc%8e", ";", "..;", "%", "%g", "~", "é", " ", "\\", "?", "",
+    "a",
+    ".",
+    "..",
+    "...",
+    "%2e",
+    "%2E",
+    "%2f",
+    "%5c",
+    "%25",
+    "%00",
+    "%c0%ae",
+    "%e2%80%ae",
+    "%ef%bc%8e",
+    ";",
+    "..;",
+    "%",
+    "%g",
+    "~",
+    "é",
+    " ",
+    "\\",
+    "?",
+    "",
 )
 
 raw_paths = st.one_of(

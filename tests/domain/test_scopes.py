@@ -29,7 +29,12 @@ from tests import strategies as strat
     ("text", "methods", "segments", "canonical"),
     [
         ("GET /v1/charges/*", {"GET"}, ("v1", "charges", "*"), None),
-        ("GET,POST /v1/customers/{id}/notes", {"GET", "POST"}, ("v1", "customers", "{id}", "notes"), None),
+        (
+            "GET,POST /v1/customers/{id}/notes",
+            {"GET", "POST"},
+            ("v1", "customers", "{id}", "notes"),
+            None,
+        ),
         ("* /v1/reports/**", ALL_METHODS, ("v1", "reports", "**"), None),
         ("* /**", ALL_METHODS, ("**",), None),
         ("GET /", {"GET"}, ("",), None),
@@ -353,19 +358,21 @@ def test_covers_all() -> None:
 # --- properties ------------------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(strat.any_scopes)
 def test_round_trip(scope: Scope) -> None:
     assert parse_scope(str(scope)) == scope
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(st.data(), strat.scope_pairs())
 def test_covers_is_sound(data: st.DataObject, pair: tuple[Scope, Scope]) -> None:
     ceiling, requested = pair
     if not covers(ceiling, requested):
         return
-    paths = data.draw(st.lists(st.one_of(strat.concrete_paths, strat.paths_in(requested)), min_size=4, max_size=8))
+    paths = data.draw(
+        st.lists(st.one_of(strat.concrete_paths, strat.paths_in(requested)), min_size=4, max_size=8)
+    )
     for method, path in product(strat.REQUEST_METHODS, paths):
         if requested.matches(method, path):
             assert ceiling.matches(method, path), (method, path.raw)
@@ -413,9 +420,7 @@ def test_covers_is_exact_on_methods() -> None:
     scopes = [Scope(s, ("a",)) for s in sets]
     for ceiling in scopes:
         for requested in scopes:
-            expected = all(
-                ceiling.admits_method(m) for m in methods if requested.admits_method(m)
-            )
+            expected = all(ceiling.admits_method(m) for m in methods if requested.admits_method(m))
             assert covers(ceiling, requested) is expected, (str(ceiling), str(requested))
 
 
@@ -425,7 +430,7 @@ def test_scope_matches_its_instances(data: st.DataObject, scope: Scope) -> None:
     assert scope.matches_path(data.draw(strat.paths_in(scope)))
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(strat.raw_paths, strat.any_scopes)
 def test_normalised_paths_read_one_way(raw: str, scope: Scope) -> None:
     try:

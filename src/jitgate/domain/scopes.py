@@ -27,7 +27,7 @@ bytes that are not UTF-8 (so overlong forms such as ``%c0%af``), a decoded ``/``
 NUL or other control character (C0, DEL, C1), a decoded segment still holding a valid
 escape (``%252e``: an upstream that decodes twice would see ``.``), and ``.``/``..``
 segments, plain or decoded, also followed by ``;params`` (servlet containers read ``..;``
-as ``..``) and also after Unicode NFKC folding (fullwidth ``．．``). Each segment is
+as ``..``) and also after Unicode NFKC folding (fullwidth ``%ef%bc%8e%ef%bc%8e``). Each segment is
 percent-decoded exactly once; the gateway forwards ``raw`` unchanged.
 
 **Matching** compares pattern literals with decoded segments, exactly and case-sensitively.
