@@ -94,6 +94,7 @@ class ListSink:
 
     def __init__(self) -> None:
         self.events: list[NewEvent] = []
+        self.healthy = True
 
     def submit(self, event: NewEvent) -> None:
         self.events.append(event)

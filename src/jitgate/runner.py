@@ -69,7 +69,8 @@ async def _run(
                 await _serve_aiohttp(create_upstream(secret), settings.demo.upstream_listen)
             )
         if gateway:
-            assert rt.proxy is not None and rt.view is not None
+            assert rt.proxy is not None
+            assert rt.view is not None
             await rt.proxy.start()
             runners.append(
                 await _serve_aiohttp(create_gateway_server(rt.proxy), settings.gateway.listen)

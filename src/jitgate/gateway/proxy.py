@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote_plus
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter
 from yarl import URL
 
 from jitgate.audit.events import EventType, NewEvent
@@ -45,6 +46,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CHUNK = 64 * 1024
+DECISIONS = Counter(
+    "jitgate_gateway_decisions_total",
+    "Gateway decisions by outcome and reason",
+    ["outcome", "reason"],
+)
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -145,9 +151,13 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = self.clock.timestamp()
         decision = self.enforcer.decide(request.method, request.raw_path, request.headers, now)
+        if isinstance(decision, Allow) and not self.audit.healthy:
+            decision = Deny(503, "audit-unavailable", "access cannot be recorded right now; denied")
         if isinstance(decision, Deny):
+            DECISIONS.labels("denied", decision.reason).inc()
             self.record_denial(request, decision, now)
             return problem_response(decision)
+        DECISIONS.labels("allowed", "").inc()
         started = time.perf_counter()
         response, error = await self._forward(request, decision)
         claims = decision.token.claims

@@ -52,7 +52,14 @@ class NullFeed:
 
 
 class AuditSink(Protocol):
-    """Takes events that are written later, in batches (access and auth failures)."""
+    """Takes events that are written later, in batches (access and auth failures).
+
+    ``healthy`` is false while events cannot be persisted; the gateway then refuses
+    calls (fail closed) rather than let access go unrecorded.
+    """
+
+    @property
+    def healthy(self) -> bool: ...
 
     def submit(self, event: NewEvent) -> None: ...
 
