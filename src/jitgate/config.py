@@ -34,6 +34,12 @@ def _duration(value: Any) -> timedelta:
         raise ValueError(exc.detail) from exc
 
 
+def _duration_or_zero(value: Any) -> timedelta:
+    if value in (0, "0", "0s"):
+        return timedelta(0)
+    return _duration(value)
+
+
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -42,6 +48,7 @@ def _listen(value: str) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+DurationOrZero = Annotated[timedelta, BeforeValidator(_duration_or_zero)]
 Listen = Annotated[str, AfterValidator(_listen)]
 
 
@@ -61,7 +68,7 @@ class ControlSettings(_Section):
 class GatewaySettings(_Section):
     listen: Listen = "127.0.0.1:8701"
     public_url: str | None = None
-    clock_skew: Duration | None = None  # leeway on nbf/exp; at most 5s
+    clock_skew: DurationOrZero = timedelta(0)  # leeway on nbf/exp; at most 5s
     token_cache_size: int = 65_536
     upstream_connect_timeout: Duration = timedelta(seconds=5)
     upstream_timeout: Duration = timedelta(seconds=60)
@@ -72,7 +79,7 @@ class GatewaySettings(_Section):
 
     @property
     def leeway(self) -> float:
-        return self.clock_skew.total_seconds() if self.clock_skew else 0.0
+        return self.clock_skew.total_seconds()
 
 
 class RevocationSettings(_Section):
@@ -81,7 +88,7 @@ class RevocationSettings(_Section):
 
 class AuditSettings(_Section):
     batch_size: int = 500
-    flush_interval: Duration | None = None  # default 50 ms, see AuditWriter
+    flush_interval: float = 0.05  # seconds
     queue_size: int = 10_000
     checkpoint_interval: Duration = timedelta(minutes=5)
 
@@ -171,7 +178,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, source)) from exc
-    skew = settings.gateway.clock_skew
-    if skew is not None and skew > timedelta(seconds=5):
+    if settings.gateway.clock_skew > timedelta(seconds=5):
         raise ConfigError(f"{source}: gateway.clock_skew: at most 5s is allowed")
     return settings

@@ -65,9 +65,7 @@ def build(
     writer = AuditWriter(
         _appender(store),
         batch_size=settings.audit.batch_size,
-        flush_interval=(
-            settings.audit.flush_interval.total_seconds() if settings.audit.flush_interval else 0.05
-        ),
+        flush_interval=settings.audit.flush_interval,
         queue_size=settings.audit.queue_size,
     )
     writer.start()
