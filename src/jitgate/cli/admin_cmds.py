@@ -21,6 +21,7 @@ SECRET_ENV = "JITGATE_API_SECRET"  # noqa: S105 - the name of a variable, not it
 
 api_app = typer.Typer(help="Register and manage upstream APIs.", no_args_is_help=True)
 principal_app = typer.Typer(help="Manage principals and their tokens.", no_args_is_help=True)
+keys_app = typer.Typer(help="Token-signing keys.", no_args_is_help=True)
 policy_app = typer.Typer(help="Check and explain policies.", no_args_is_help=True)
 
 
@@ -152,6 +153,13 @@ def principal_token(
     typer.echo(issued["token"])
 
 
+@keys_app.command("rotate")
+def keys_rotate(ctx: typer.Context) -> None:
+    """Start signing with a new key; the old one stays valid until its tokens expire."""
+    result = _client(ctx).call("POST", "/v1/keys/rotate")
+    typer.echo(f"signing with {result['signing_kid']}; {len(result['keys'])} key(s) published")
+
+
 @policy_app.command("check")
 def policy_check(file: Path) -> None:
     """Validate a policy file: schema, scopes, durations (errors name file and line)."""
@@ -230,3 +238,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(api_app, name="api")
     app.add_typer(principal_app, name="principal")
     app.add_typer(policy_app, name="policy")
+    app.add_typer(keys_app, name="keys")

@@ -18,8 +18,6 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from jitgate.services.bootstrap import write_private_file
-
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 
 
@@ -44,6 +42,9 @@ def load_profiles() -> dict[str, Any]:
 
 
 def save_profile(name: str, server: str, token: str) -> Path:
+    # Imported here: it pulls in the storage layer, which costs every CLI call ~1 s.
+    from jitgate.services.bootstrap import write_private_file  # noqa: PLC0415
+
     data = load_profiles()
     data["profiles"][name] = {"server": server.rstrip("/"), "token": token}
     path = config_path()

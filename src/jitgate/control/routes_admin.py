@@ -21,7 +21,7 @@ from jitgate.domain.durations import format_duration
 from jitgate.domain.models import Api, Injection, InjectionKind, PrincipalKind
 from jitgate.policy.model import Approval
 from jitgate.secrets import Secret
-from jitgate.services import audit, directory
+from jitgate.services import audit, directory, keys
 from jitgate.services.context import require_admin
 from jitgate.storage.audit_repo import AuditFilter
 
@@ -104,6 +104,12 @@ def principal_token(
 
 def _approval(a: Approval) -> dict[str, Any]:
     return {"count": a.count, "from": {"groups": sorted(a.from_groups)}}
+
+
+@router.post("/keys/rotate", tags=["keys"])
+def rotate_keys(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    ring = keys.rotate(ctx, caller)
+    return {"signing_kid": ring.signing_kid, **ring.jwks()}
 
 
 @router.get("/policy", tags=["policy"])

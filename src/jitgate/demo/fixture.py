@@ -52,6 +52,8 @@ def set_up_demo(ctx: Context, state_dir: Path, upstream_url: str) -> tuple[dict[
     for pid, (name, groups) in PRINCIPALS.items():
         if pid not in known:
             directory.create_principal(ctx, None, pid, display_name=name, groups=groups)
+    if ADMIN_ID not in known:
+        directory.create_principal(ctx, None, ADMIN_ID, display_name="Administrator", is_admin=True)
     secret = _api_secret(ctx)
     if secret is None:
         secret = Secret("sk_demo_" + secrets.token_urlsafe(24))

@@ -23,6 +23,8 @@ from jitgate.services.context import Context, new_id, require_admin
 TOKEN_PREFIX = "jgp_"  # noqa: S105 - a prefix, not a secret
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+# Paths the gateway answers itself, so they cannot be API names (the first path segment).
+RESERVED_API_NAMES = frozenset({"healthz", "readyz", "metrics", "authz"})
 _RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
 
 
@@ -201,6 +203,8 @@ def add_api(ctx: Context, actor: Principal | None, api: Api, secret: Secret) -> 
     if actor is not None:
         require_admin(actor.is_admin, "register APIs")
     check_slug(api.name, "API name")
+    if api.name in RESERVED_API_NAMES:
+        raise InvalidInput(f"{api.name!r} is reserved by the gateway; choose another API name")
     check_slug(api.environment, "environment")
     for group in api.owners:
         check_slug(group, "owner group")
