@@ -166,7 +166,7 @@ def _verify_database(url: str) -> dict[str, Any]:
 
     try:
         store = Store.open(url, migrate_schema=False)
-        with store.transaction() as tx:
+        with store.read() as tx:
             keys = {
                 k.kid: Ed25519PublicKey.from_public_bytes(k.public_key)
                 for k in tx.directory.list_keys()

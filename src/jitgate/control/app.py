@@ -104,7 +104,7 @@ def create_app(ctx: Context) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
         try:
-            with ctx.store.transaction() as tx:
+            with ctx.store.read() as tx:
                 tx.audit.head()
         except Exception:
             log.exception("readiness check failed")

@@ -28,7 +28,7 @@ PRINCIPALS = {
 
 
 def _api_secret(ctx: Context) -> Secret | None:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         for api, blob in tx.directory.apis_with_secrets():
             if api.name == DEMO_API:
                 return ctx.box.decrypt_secret(blob, f"api:{api.name}")

@@ -82,7 +82,7 @@ class GatewayView:
 
     # loading --------------------------------------------------------------------
     def _load_apis(self) -> None:
-        with self._store.transaction() as tx:
+        with self._store.read() as tx:
             rows = tx.directory.apis_with_secrets()
         self.upstreams = self._upstreams(rows)
 
@@ -93,7 +93,7 @@ class GatewayView:
         }
 
     def _load_keys(self) -> None:
-        with self._store.transaction() as tx:
+        with self._store.read() as tx:
             keys = tx.directory.list_keys()
         self.public_keys = self._live_keys(keys)
 
@@ -109,7 +109,7 @@ class GatewayView:
         """Reload everything; on failure keep the old view and let it go stale."""
         with self._lock:
             started = self._clock.timestamp()
-            with self._store.transaction() as tx:
+            with self._store.read() as tx:
                 ended = tx.access.ended_unexpired(self._clock.now())
                 keys = tx.directory.list_keys()
                 rows = tx.directory.apis_with_secrets()

@@ -308,7 +308,7 @@ def expire_pending(ctx: Context) -> int:
 
 
 def get_request(ctx: Context, request_id: str) -> RequestView:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         request = tx.access.get_request(request_id)
         if request is None:
             raise NotFound(f"no request {request_id!r}", code="request-not-found")
@@ -325,5 +325,5 @@ def list_requests(
     api: str | None = None,
     limit: int = 100,
 ) -> list[AccessRequest]:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         return tx.access.list_requests(status=status, requester=requester, api=api, limit=limit)

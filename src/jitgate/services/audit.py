@@ -55,7 +55,7 @@ def query(
     ctx: Context, actor: Principal, f: AuditFilter, *, after: int = 0, limit: int = 100
 ) -> list[ChainedEvent]:
     require_auditor(actor)
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         return tx.audit.query(f, after=after, limit=limit)
 
 

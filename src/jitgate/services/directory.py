@@ -44,7 +44,7 @@ def authenticate(ctx: Context, token: str | None) -> Principal:
     """The principal a bearer token belongs to; ``Unauthenticated`` otherwise."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         raise Unauthenticated("a principal token (Authorization: Bearer jgp_…) is required")
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         principal = tx.directory.principal_for_token(hash_token(token), ctx.now())
     if principal is None:
         raise Unauthenticated("the principal token is unknown, expired or revoked")
@@ -144,12 +144,12 @@ def issue_principal_token(
 
 
 def list_principals(ctx: Context) -> list[Principal]:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         return tx.directory.list_principals()
 
 
 def get_principal(ctx: Context, principal_id: str) -> Principal:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         principal = tx.directory.get_principal(principal_id)
     if principal is None:
         raise NotFound(f"no principal {principal_id!r}", code="principal-not-found")
@@ -257,12 +257,12 @@ def rotate_secret(ctx: Context, actor: Principal, name: str, secret: Secret) -> 
 
 
 def list_apis(ctx: Context) -> list[Api]:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         return tx.directory.list_apis()
 
 
 def get_api(ctx: Context, name: str) -> Api:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         api = tx.directory.get_api(name)
     if api is None:
         raise NotFound(f"no API {name!r}", code="api-not-found")

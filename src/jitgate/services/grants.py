@@ -28,7 +28,7 @@ class IssuedToken:
 
 
 def get_grant(ctx: Context, grant_id: str) -> Grant:
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         grant = tx.access.get_grant(grant_id)
     if grant is None:
         raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
@@ -44,7 +44,7 @@ def list_grants(
     limit: int = 100,
 ) -> list[Grant]:
     now = ctx.now()
-    with ctx.store.transaction() as tx:
+    with ctx.store.read() as tx:
         found = tx.access.list_grants(
             status=GrantStatus.ACTIVE if active else None,
             principal=principal,

@@ -1,7 +1,7 @@
 """The unit of work: one database transaction with its repositories.
 
 ``with store.transaction() as tx:`` opens a transaction (``BEGIN IMMEDIATE`` on
-SQLite), hands out ``tx.directory``, ``tx.access`` and ``tx.audit`` bound to it, and
+SQLite; ``store.read()`` is the same for read-only work, without the write lock), hands out ``tx.directory``, ``tx.access`` and ``tx.audit`` bound to it, and
 commits on success or rolls back on any exception: nothing is ever half-written.
 Row locks (``lock=True``) are ``SELECT … FOR UPDATE`` on PostgreSQL.
 """
@@ -42,6 +42,14 @@ class Store:
     def transaction(self) -> Iterator[Tx]:
         with self.engine.begin() as connection:
             yield Tx(connection)
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A unit of work that only reads (on SQLite it does not take the write lock)."""
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(jitgate_read_only=True)
+            with connection.begin():
+                yield Tx(connection)
 
     def close(self) -> None:
         self.engine.dispose()
