@@ -1,8 +1,9 @@
 """The unit of work: one database transaction with its repositories.
 
 ``with store.transaction() as tx:`` opens a transaction (``BEGIN IMMEDIATE`` on
-SQLite; ``store.read()`` is the same for read-only work, without the write lock), hands out ``tx.directory``, ``tx.access`` and ``tx.audit`` bound to it, and
+SQLite), hands out ``tx.directory``, ``tx.access`` and ``tx.audit`` bound to it, and
 commits on success or rolls back on any exception: nothing is ever half-written.
+``store.read()`` is the same for read-only work, without SQLite's write lock.
 Row locks (``lock=True``) are ``SELECT … FOR UPDATE`` on PostgreSQL.
 """
 
