@@ -167,8 +167,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             loaded = yaml.safe_load(path.read_text())
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+        except yaml.MarkedYAMLError as exc:  # one line, naming the line (as the policy does)
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = ", ".join(part for part in (exc.context, exc.problem) if part)
+            raise ConfigError(f"{where}: not valid YAML: {problem or 'malformed'}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the configuration must be a mapping of settings")
         data = dict(loaded or {})

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import uvicorn
@@ -34,6 +35,19 @@ OnReady = Callable[[Runtime, dict[str, str] | None], None]
 def _split(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _bind(host: str, port: int, listen: str) -> socket.socket:
+    """The control plane's listening socket, bound here so that a busy port is a plain
+    ``OSError`` (uvicorn would ``sys.exit`` from inside the event loop instead)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from exc
+    return sock
 
 
 async def _every(seconds: float, job: Callable[[], object], name: str) -> None:
@@ -92,6 +106,7 @@ async def _run(
         tasks.extend(asyncio.create_task(_every(s, j, n)) for s, j, n in jobs)
         if control:
             host, port = _split(settings.control.listen)
+            sock = _bind(host, port, settings.control.listen)
             config = uvicorn.Config(
                 create_app(rt.ctx),
                 host=host,
@@ -102,7 +117,7 @@ async def _run(
                 lifespan="off",
             )
             server = uvicorn.Server(config)
-            started = asyncio.create_task(server.serve())
+            started = asyncio.create_task(server.serve(sockets=[sock]))
             while not server.started and not started.done():  # noqa: ASYNC110 - uvicorn has no event
                 await asyncio.sleep(0.02)
             if started.done():

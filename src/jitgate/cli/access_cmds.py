@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 - one nested function p
             return
         decision = created["decision"]
         typer.echo(
-            f"request {created['id']}: {created['status']} (rule {decision['rule']}, "
+            f"request {created['id']}: {created['status']} (rule {decision['rule'] or '-'}, "
             f"risk {decision['risk']['score']})"
         )
         for line in decision["reasons"]:

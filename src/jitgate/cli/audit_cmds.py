@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -161,9 +162,22 @@ def verify(
 
 
 def _verify_database(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import URL, make_url  # noqa: PLC0415
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
     from jitgate.services.audit import verify_store  # noqa: PLC0415 - storage only when asked
     from jitgate.storage.store import Store  # noqa: PLC0415
 
+    try:
+        target: URL | None = make_url(url)
+    except ArgumentError:
+        target = None  # Store.open names the malformed URL below
+    shown = target.render_as_string(hide_password=True) if target else url
+    # Opening a missing SQLite file would create an empty one (and its directory).
+    if target is not None and target.get_backend_name() == "sqlite":
+        database = target.database or ""
+        if not Path(database).is_file():
+            fail(f"no SQLite database file at {database!r}")
     try:
         store = Store.open(url, migrate_schema=False)
         with store.read() as tx:
@@ -176,7 +190,9 @@ def _verify_database(url: str) -> dict[str, Any]:
     except JitgateError as exc:
         fail(exc.detail)
     except Exception as exc:  # a missing file or table must read as an error, not a trace
-        fail(f"cannot read the audit log from {url}: {type(exc).__name__}: {exc}")
+        cause = getattr(exc, "orig", None) or exc  # the driver's error, without SQL
+        first = (str(cause).strip().splitlines() or [""])[0]
+        fail(f"cannot read the audit log from {shown}: {type(cause).__name__}: {first}")
     return result
 
 

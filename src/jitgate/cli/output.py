@@ -29,8 +29,12 @@ def emit_json(value: Any) -> None:
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     t = Table(title=title, show_lines=False)
-    for column in columns:
-        t.add_column(column, overflow="fold")
+    for index, column in enumerate(columns):
+        if column == "id":  # ids are copied into the next command: never fold them
+            width = max((len(str(row[index])) for row in rows), default=2)
+            t.add_column(column, no_wrap=True, min_width=width)
+        else:
+            t.add_column(column, overflow="fold")
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
     console.print(t)

@@ -7,6 +7,7 @@ unexpected becomes a 500 problem without internals (and is logged), never a trac
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -92,6 +93,17 @@ def create_app(ctx: Context) -> FastAPI:
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return _problem(500, "internal-error", "the server could not complete the request")
+
+    @app.middleware("http")
+    async def refuse_nul(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # PostgreSQL text cannot hold NUL (SQLite can): refuse it in ids and filters
+        # before any query, on every backend alike (bodies: see schemas.Body).
+        decoded = [request.scope["path"], *(v for _, v in request.query_params.multi_items())]
+        if any("\x00" in part for part in decoded):
+            return _problem(400, "invalid-input", "NUL characters are not allowed in the URL")
+        return await call_next(request)
 
     @app.get("/.well-known/jwks.json", tags=["keys"])
     def jwks() -> dict[str, Any]:

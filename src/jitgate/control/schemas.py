@@ -7,23 +7,55 @@ and in their canonical spelling. Nothing rendered here ever includes a secret.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from jitgate.domain.durations import format_duration
 from jitgate.domain.models import AccessRequest, Api, Grant, GrantStatus, Principal
 from jitgate.services.access import RequestView
 
+MAX_ATTRIBUTE_DEPTH = 8
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (a scalar is 1); ``ValueError`` on a string with NUL.
+
+    Iterative, so that hostile nesting cannot exhaust the stack.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("NUL characters are not allowed")
+        if isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+    return deepest
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # PostgreSQL text cannot hold NUL (SQLite can): refuse it on every backend alike.
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        _depth(value)
+        return value
 
 
 class RequestIn(Body):
     api: str = Field(max_length=64)
     scopes: list[str] = Field(min_length=1, max_length=20)
-    duration: str | int = Field(description="90s, 15m, 1h, 1h30m or seconds")
+    # Strict: JSON true is not "1 second"; the bounds are size limits, the domain checks range.
+    duration: (
+        Annotated[StrictStr, Field(max_length=32)]
+        | Annotated[StrictInt, Field(ge=-(2**31), le=2**31)]
+    ) = Field(description="90s, 15m, 1h, 1h30m or seconds")
     reason: str = Field(max_length=1000)
     ticket: str | None = Field(default=None, max_length=200)
     starts_at: datetime | None = None
@@ -71,6 +103,14 @@ class PrincipalIn(Body):
     groups: list[str] = Field(default_factory=list, max_length=100)
     attributes: dict[str, Any] = Field(default_factory=dict)
     is_admin: bool = False
+
+    # Deep values are stored fine but cannot be rendered back: every listing would fail.
+    @field_validator("attributes")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _depth(value) > MAX_ATTRIBUTE_DEPTH:
+            raise ValueError(f"attributes nest deeper than {MAX_ATTRIBUTE_DEPTH} levels")
+        return value
 
 
 class TokenIn(Body):

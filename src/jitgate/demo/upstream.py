@@ -27,7 +27,9 @@ def create_upstream(secret: Secret) -> web.Server:
             return web.json_response(
                 {"error": "unauthorized", "detail": "this API needs its secret key"}, status=401
             )
-        body = await request.content.read(MAX_ECHO)
+        body = b""
+        while len(body) < MAX_ECHO and (chunk := await request.content.read(MAX_ECHO)):
+            body += chunk
         raw_path, _, query = request.raw_path.partition("?")
         echo = {
             "method": request.method,

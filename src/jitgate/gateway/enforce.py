@@ -3,8 +3,9 @@
 :func:`decide` takes the caller's method, raw request target and headers and answers
 :class:`Allow` or :class:`Deny` with a reason code. It touches no database and no
 network: token verification results are cached (successes only, keyed by the exact
-token string, never past ``exp``), while revocation, time and scope are checked on
-every call. Any unexpected error in here is a denial (fail closed).
+token string, never past ``exp``, and only while the verifying key is in force), while
+revocation, time and scope are checked on every call. Any unexpected error in here is a
+denial (fail closed).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, MultiMapping
 
 from jitgate.domain.scopes import ALL_METHODS, AmbiguousPath, Scope, normalise_path, parse_scope
 from jitgate.errors import JitgateError
@@ -75,11 +76,14 @@ class TokenCache:
     def drop(self, token: str) -> None:
         self._items.pop(token, None)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
 
 def bearer_token(headers: CIMultiDictProxy[str] | Mapping[str, str]) -> str | Deny:
     values = (
         headers.getall("authorization", [])
-        if isinstance(headers, CIMultiDictProxy)
+        if isinstance(headers, MultiMapping)  # any multidict: duplicates must be seen
         else ([headers["authorization"]] if "authorization" in headers else [])
     )
     if not values:
@@ -102,7 +106,10 @@ class Enforcer:
     def _verify(self, token: str) -> VerifiedToken | Deny:
         cached = self.cache.get(token)
         if cached is not None:
-            return cached
+            # A cached token stands only while the key that verified it is in force.
+            if cached.claims.kid in self.view.public_keys:
+                return cached
+            self.cache.drop(token)
         result = verify_signature(token, self.view.public_keys, self.issuer)
         if not isinstance(result, GrantClaims):
             return Deny(401, result.reason, result.detail)
@@ -140,44 +147,39 @@ class Enforcer:
         api_name, slash, tail = rest.partition("/")
         path = slash + tail if slash else "/"
         upstream = self.view.upstreams.get(api_name)
-        if upstream is None:
-            return Deny(404, "unknown-api", f"no API is registered as {api_name[:64]!r}")
-        if method not in ALL_METHODS:
-            return Deny(
-                405,
-                "method-not-allowed",
-                f"the method {method[:16]!r} is never proxied",
-                api=api_name,
-            )
-        if any(h in headers for h in METHOD_OVERRIDE_HEADERS) or (
-            query and not query_keys(query).isdisjoint(METHOD_OVERRIDE_PARAMS)
-        ):
-            return Deny(
-                400,
-                "method-override",
-                "method-override headers and parameters are refused",
-                api=api_name,
-            )
-        token = bearer_token(headers)
-        if isinstance(token, Deny):
-            return Deny(token.status, token.reason, token.detail, api=api_name)
-        verified = self._verify(token)
-        if isinstance(verified, Deny):
-            return Deny(verified.status, verified.reason, verified.detail, api=api_name)
-        claims = verified.claims
-        if claims.api != api_name:
-            return Deny(403, "token-audience", "the token is for another API", api_name, verified)
-        expired = check_time(claims, now, self.leeway)
-        if expired is not None:
-            return Deny(403, expired.reason, expired.detail, api_name, verified)
+        known = api_name if upstream is not None else None  # never audit arbitrary names
         if not self.view.fresh:
             return Deny(
                 503,
                 "revocation-view-stale",
                 "the gateway cannot confirm revocations right now; denied",
-                api_name,
-                verified,
+                known,
             )
+        if method not in ALL_METHODS:
+            return Deny(
+                405, "method-not-allowed", f"the method {method[:16]!r} is never proxied", known
+            )
+        if any(h in headers for h in METHOD_OVERRIDE_HEADERS) or (
+            query and not query_keys(query).isdisjoint(METHOD_OVERRIDE_PARAMS)
+        ):
+            return Deny(
+                400, "method-override", "method-override headers and parameters are refused", known
+            )
+        token = bearer_token(headers)
+        if isinstance(token, Deny):
+            return Deny(token.status, token.reason, token.detail, known)
+        verified = self._verify(token)
+        if isinstance(verified, Deny):
+            return Deny(verified.status, verified.reason, verified.detail, known)
+        claims = verified.claims
+        # Only a valid token's holder learns whether an API exists.
+        if claims.api != api_name:
+            return Deny(403, "token-audience", "the token is for another API", known, verified)
+        if upstream is None:
+            return Deny(404, "unknown-api", f"no API is registered as {api_name!r}", None, verified)
+        expired = check_time(claims, now, self.leeway)
+        if expired is not None:
+            return Deny(403, expired.reason, expired.detail, api_name, verified)
         if self.view.is_ended(claims.grant_id):
             return Deny(403, "grant-revoked", "the grant has been revoked", api_name, verified)
         try:

@@ -4,7 +4,10 @@ For each call: enforce (:mod:`jitgate.gateway.enforce`), build the upstream requ
 from the caller's — minus its credential, hop-by-hop headers (and those named in
 ``Connection``), ``Host`` and any copy of the upstream credential header — then inject
 the secret last, stream the body up and the answer back, and audit the outcome. Upstream
-redirects are passed back, never followed; upstream connections are pooled.
+redirects are passed back, never followed; upstream connections are pooled. Every
+spelling of the secret is scrubbed from the answer's reason phrase and headers (not
+from its body, which is streamed as is). ``Expect: 100-continue`` is answered here, and
+only once the call is allowed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterable
 from urllib.parse import quote, unquote_plus
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
@@ -61,7 +64,9 @@ def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
-    drop = {"host", "authorization", *HOP_BY_HOP, *_connection_named(headers)}
+    # "expect" is answered by the gateway itself (see _continue): forwarded, it makes the
+    # client library wait for an upstream "100 Continue" that may never come.
+    drop = {"host", "authorization", "expect", *HOP_BY_HOP, *_connection_named(headers)}
     if upstream.header_name:
         drop.add(upstream.header_name)
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
@@ -82,12 +87,29 @@ def upstream_query(query: str, upstream: Upstream) -> str:
     return "&".join(kept)
 
 
-def response_headers(headers: CIMultiDictProxy[str], secret: str) -> Iterable[tuple[str, str]]:
+def response_headers(
+    headers: CIMultiDictProxy[str], spellings: tuple[str, ...]
+) -> Iterable[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop ones, each spelling of the secret redacted."""
     drop = HOP_BY_HOP | _connection_named(headers)
     for key, value in headers.items():
         if key.lower() in drop:
             continue
-        yield key, value.replace(secret, "[redacted]") if secret in value else value
+        yield key, _scrub(value, spellings)
+
+
+def _scrub(value: str, spellings: tuple[str, ...]) -> str:
+    for spelling in spellings:
+        value = value.replace(spelling, "[redacted]")
+    return value
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue``: only an allowed call gets to send its body."""
+    expect = request.headers.get("Expect", "")
+    if request.version >= HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
 
 
 def problem_response(deny: Deny) -> web.Response:
@@ -189,6 +211,8 @@ class Proxy:
         query = upstream_query(allow.query, upstream)
         url = URL(upstream.api.base_url + allow.path + (f"?{query}" if query else ""), encoded=True)
         body = request.content if request.body_exists else None
+        if body is not None:
+            await _continue(request)
         try:
             upstream_response = await self._session.request(
                 request.method,
@@ -205,11 +229,12 @@ class Proxy:
             deny = Deny(502, "upstream-unreachable", "the upstream could not be reached")
             return problem_response(deny), deny.reason
         async with upstream_response:
+            reason = upstream_response.reason
             response = web.StreamResponse(
-                status=upstream_response.status, reason=upstream_response.reason
+                status=upstream_response.status,
+                reason=_scrub(reason, upstream.spellings) if reason else None,
             )
-            secret = upstream.secret.reveal()
-            for key, value in response_headers(upstream_response.headers, secret):
+            for key, value in response_headers(upstream_response.headers, upstream.spellings):
                 response.headers.add(key, value)
             await response.prepare(request)
             try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import quote, quote_plus
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -27,6 +28,10 @@ from jitgate.storage.store import Store
 
 log = logging.getLogger(__name__)
 
+# An ended grant is remembered this long past its expiry: its tokens are accepted up to
+# the clock-skew allowance (at most 5 s) after ``exp``, and must stay refused meanwhile.
+ENDED_GRACE = timedelta(seconds=5)
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -35,19 +40,30 @@ class Upstream:
     api: Api
     secret: Secret
     header_name: str | None  # lower-case header to set, or None for query injection
-    header_value: str
+    header_value: str = field(repr=False)  # holds the secret: never in a repr
     query_name: str | None
+    # Every spelling of the secret that the gateway puts on the wire or that an upstream
+    # may echo back (raw, percent-encoded, inside the basic-auth value), longest first:
+    # what is scrubbed from response headers.
+    spellings: tuple[str, ...] = field(repr=False, default=())
 
     @classmethod
     def build(cls, api: Api, secret: Secret) -> Upstream:
         inj = api.injection
         value = secret.reveal()
+        forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
         if inj.kind is InjectionKind.HEADER:
-            return cls(api, secret, inj.name.lower(), inj.template.replace("{secret}", value), None)
+            header = inj.template.replace("{secret}", value)
+            return cls(api, secret, inj.name.lower(), header, None, _longest_first(forms))
         if inj.kind is InjectionKind.BASIC:
             basic = base64.b64encode(f"{inj.username}:{value}".encode()).decode()
-            return cls(api, secret, "authorization", f"Basic {basic}", None)
-        return cls(api, secret, None, "", inj.name)
+            spellings = _longest_first({*forms, basic})
+            return cls(api, secret, "authorization", f"Basic {basic}", None, spellings)
+        return cls(api, secret, None, "", inj.name, _longest_first(forms))
+
+
+def _longest_first(forms: set[str]) -> tuple[str, ...]:
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 
 class GatewayView:
@@ -110,14 +126,14 @@ class GatewayView:
         with self._lock:
             started = self._clock.timestamp()
             with self._store.read() as tx:
-                ended = tx.access.ended_unexpired(self._clock.now())
+                ended = tx.access.ended_unexpired(self._clock.now() - ENDED_GRACE)
                 keys = tx.directory.list_keys()
                 rows = tx.directory.apis_with_secrets()
             self.public_keys = self._live_keys(keys)
             self.upstreams = self._upstreams(rows)
-            # Keep what the feed told us meanwhile; drop what has expired anyway.
+            # Keep what the feed told us meanwhile; drop what no token is accepted for.
             merged = {gid: exp.timestamp() for gid, exp in ended}
-            now = self._clock.timestamp()
-            merged.update({g: e for g, e in self.ended.items() if e > now})
+            horizon = self._clock.timestamp() - ENDED_GRACE.total_seconds()
+            merged.update({g: e for g, e in self.ended.items() if e > horizon})
             self.ended = merged
             self._synced_at = started

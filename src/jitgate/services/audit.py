@@ -29,10 +29,11 @@ class Verification:
     chain: VerifyResult
     checkpoint: Checkpoint | None
     checkpoint_problem: str | None
+    head_problem: str | None = None  # the chain disagrees with the audit_head row
 
     @property
     def ok(self) -> bool:
-        return self.chain.ok and self.checkpoint_problem is None
+        return self.chain.ok and self.checkpoint_problem is None and self.head_problem is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class Verification:
             **self.chain.as_dict(),
             "checkpoint": self.checkpoint.as_dict() if self.checkpoint else None,
             "checkpoint_problem": self.checkpoint_problem,
+            "head_problem": self.head_problem,
         }
 
 
@@ -60,15 +62,24 @@ def query(
 
 
 def verify_store(store: Store, public_keys: dict[str, Ed25519PublicKey]) -> Verification:
-    """Walk the whole chain, then hold it against the latest signed checkpoint."""
+    """Walk the whole chain, then hold it against the recorded head and the latest
+    signed checkpoint.
+
+    The head and the checkpoint are read *before* the walk: every event they name was
+    committed with them, so appends racing the walk raise no false alarm, while a chain
+    that ends short of either was cut. Events past the head as read *after* the walk
+    were not written through the head lock: they were added behind jitgate's back.
+    """
     verifier = ChainVerifier()
-    with store.engine.connect() as connection:
-        repo = AuditRepo(connection)
+    with store.read() as tx:
+        repo = tx.audit
+        recorded = repo.head()
+        checkpoint = repo.latest_checkpoint()
         for event in repo.stream():
             if not verifier.feed(event):
                 break
         result = verifier.result()
-        checkpoint = repo.latest_checkpoint()
+        head_problem = _head_problem(repo, result, recorded) if result.ok else None
         problem = None
         if checkpoint is not None:
             if not verify_checkpoint_signature(checkpoint, public_keys):
@@ -77,7 +88,28 @@ def verify_store(store: Store, public_keys: dict[str, Ed25519PublicKey]) -> Veri
                 problem = check_against_chain(
                     checkpoint, repo.hash_at(checkpoint.seq), result.head_seq
                 )
-    return Verification(chain=result, checkpoint=checkpoint, checkpoint_problem=problem)
+    return Verification(
+        chain=result, checkpoint=checkpoint, checkpoint_problem=problem, head_problem=head_problem
+    )
+
+
+def _head_problem(repo: AuditRepo, chain: VerifyResult, recorded: tuple[int, str]) -> str | None:
+    """What is wrong between an intact chain and the ``audit_head`` row, if anything."""
+    seq, head_hash = recorded
+    if chain.head_seq < seq:
+        return (
+            f"chain ends at seq {chain.head_seq} but the recorded head is seq {seq}: "
+            "events were deleted from the end (truncated)"
+        )
+    if seq and repo.hash_at(seq) != head_hash:
+        return f"event {seq}: hash differs from the recorded head: history was rewritten"
+    now_seq, _ = repo.head()
+    if chain.head_seq > now_seq:
+        return (
+            f"chain runs to seq {chain.head_seq}, past the recorded head seq {now_seq}: "
+            "events were added outside jitgate"
+        )
+    return None
 
 
 def verify(ctx: Context, actor: Principal) -> Verification:
@@ -91,7 +123,9 @@ def checkpoint(ctx: Context) -> Checkpoint | None:
     with ctx.store.transaction() as tx:
         last = tx.audit.latest_checkpoint()
         seq, head_hash = tx.audit.head()
-        if seq == 0 or (last is not None and last.seq == seq):
+        # The last checkpoint's own event (appended with it, at last.seq + 1) does not
+        # count as a move: otherwise an idle log would grow by one event per run.
+        if seq == 0 or (last is not None and seq <= last.seq + 1):
             return None
         ring = ctx.keyring
         cp = sign_checkpoint(seq, head_hash, now, ring.signing_kid, ring.signing_key)

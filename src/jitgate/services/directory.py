@@ -66,6 +66,8 @@ def create_principal(
     if actor is not None:
         require_admin(actor.is_admin, "create principals")
     check_slug(principal_id, "principal id")
+    if len(display_name) > 200:
+        raise InvalidInput("the display name is longer than 200 characters")
     group_set = frozenset(check_slug(g, "group") for g in groups or [])
     principal = Principal(
         id=principal_id,
@@ -112,6 +114,10 @@ def issue_principal_token(
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = new_id("ptk")
     now = ctx.now()
+    if len(label) > 200:
+        raise InvalidInput("the token label is longer than 200 characters")
+    if expires_at is not None and expires_at.utcoffset() is None:
+        raise InvalidInput("the token expiry needs a time zone (e.g. 2026-01-05T10:00:00Z)")
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("the token expiry must be in the future")
     with ctx.store.transaction() as tx:

@@ -39,6 +39,7 @@ class GrantClaims:
     scopes: tuple[str, ...]
     not_before: float
     expires: float
+    kid: str = ""  # the key that verified the signature (from the header, not a claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +113,10 @@ def verify_signature(
         return TokenFailure("token-claims", f"the token lacks the {exc.claim!r} claim")
     except jwt.PyJWTError:
         return TokenFailure("token-malformed", "the token could not be decoded")
-    return _claims(claims)
+    return _claims(claims, str(kid))  # a str: public_keys only has str keys
 
 
-def _claims(c: dict[str, Any]) -> GrantClaims | TokenFailure:
+def _claims(c: dict[str, Any], kid: str) -> GrantClaims | TokenFailure:
     scope = c["scope"]
     numbers = (c["nbf"], c["exp"], c["iat"])
     if (
@@ -133,6 +134,7 @@ def _claims(c: dict[str, Any]) -> GrantClaims | TokenFailure:
         scopes=tuple(scope),
         not_before=float(c["nbf"]),
         expires=float(c["exp"]),
+        kid=kid,
     )
 
 
