@@ -47,6 +47,7 @@ def _listen(value: str) -> str:
     return value
 
 
+MAX_CLOCK_SKEW = timedelta(seconds=5)
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 DurationOrZero = Annotated[timedelta, BeforeValidator(_duration_or_zero)]
 Listen = Annotated[str, AfterValidator(_listen)]
@@ -183,6 +184,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, source)) from exc
-    if settings.gateway.clock_skew > timedelta(seconds=5):
+    if settings.gateway.clock_skew > MAX_CLOCK_SKEW:
         raise ConfigError(f"{source}: gateway.clock_skew: at most 5s is allowed")
     return settings

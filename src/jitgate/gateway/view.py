@@ -15,12 +15,13 @@ import base64
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import quote, quote_plus
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jitgate.clock import Clock
+from jitgate.config import MAX_CLOCK_SKEW
 from jitgate.domain.models import Api, InjectionKind
 from jitgate.secrets import Secret, SecretBox
 from jitgate.storage.directory_repo import StoredKey
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # An ended grant is remembered this long past its expiry: its tokens are accepted up to
 # the clock-skew allowance (at most 5 s) after ``exp``, and must stay refused meanwhile.
-ENDED_GRACE = timedelta(seconds=5)
+ENDED_GRACE = MAX_CLOCK_SKEW
 
 
 @dataclass(frozen=True, slots=True)
