@@ -15,7 +15,6 @@ from jitgate.policy import parse_policy
 from jitgate.policy.model import Policy
 from jitgate.secrets import Secret
 from jitgate.services import directory
-from jitgate.services.bootstrap import ensure_admin
 from jitgate.services.context import Context
 from jitgate.storage.store import Store
 from jitgate.storage.tables import (
@@ -65,10 +64,9 @@ class Demo:
 @pytest.fixture
 def demo(ctx: Context, tmp_path: Path) -> Demo:
     """The fixed demo (alice, bob, carol, admin, API ``demo`` owned by ``approvers``)."""
-    ensure_admin(ctx, tmp_path)
     tokens, secret = set_up_demo(ctx, tmp_path, UPSTREAM)
-    get = lambda pid: directory.get_principal(ctx, pid)  # noqa: E731
-    return Demo(get("alice"), get("bob"), get("carol"), get("admin"), tokens, secret)
+    p = {principal.id: principal for principal in directory.list_principals(ctx)}
+    return Demo(p["alice"], p["bob"], p["carol"], p["admin"], tokens, secret)
 
 
 def add_principal(ctx: Context, pid: str, *groups: str, is_admin: bool = False) -> Principal:
@@ -87,7 +85,9 @@ def count_rows(store: Store) -> dict[str, int]:
 def event_types(store: Store, *, after: int = 0) -> list[str]:
     with store.engine.connect() as c:
         rows = c.execute(
-            select(audit_events.c.type).where(audit_events.c.seq > after).order_by(audit_events.c.seq)
+            select(audit_events.c.type)
+            .where(audit_events.c.seq > after)
+            .order_by(audit_events.c.seq)
         )
         return [r.type for r in rows]
 

@@ -35,10 +35,20 @@ class Verification:
     def ok(self) -> bool:
         return self.chain.ok and self.checkpoint_problem is None and self.head_problem is None
 
+    @property
+    def problem(self) -> str | None:
+        """The first thing found wrong: in the chain, against the checkpoint, at the head."""
+        return self.chain.problem or self.checkpoint_problem or self.head_problem
+
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok,
             **self.chain.as_dict(),
+            # After the chain's fields, so that they win: the chain's own "ok" and
+            # "problem" speak only for the hash links, which a cut or consistently
+            # rewritten log keeps intact.
+            "ok": self.ok,
+            "chain_ok": self.chain.ok,
+            "problem": self.problem,
             "checkpoint": self.checkpoint.as_dict() if self.checkpoint else None,
             "checkpoint_problem": self.checkpoint_problem,
             "head_problem": self.head_problem,
