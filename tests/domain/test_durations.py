@@ -32,7 +32,27 @@ def test_parse(text: str | int, seconds: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "0", "0s", "-5", "-5m", "5x", "m", "1m1h", "1h1h", "1.5h", "15 m", "1e3", "367d", True],
+    [
+        "",
+        "0",
+        "0s",
+        "-5",
+        "-5m",
+        "5x",
+        "m",
+        "1m1h",
+        "1h1h",
+        "1.5h",
+        "15 m",
+        "1e3",
+        "367d",
+        "99999999999999999999h",
+        "1" * 30,
+        10**30,
+        "\u00b2",
+        "\u0661m",
+        True,
+    ],
 )
 def test_refused(text: str | int) -> None:
     with pytest.raises(InvalidInput, match="duration"):

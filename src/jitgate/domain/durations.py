@@ -12,39 +12,38 @@ from datetime import timedelta
 from jitgate.errors import InvalidInput
 
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+_SECONDS = re.compile(r"[0-9]{1,12}")
 MAX_DURATION = timedelta(days=366)
 
 
 def parse_duration(value: str | int | timedelta) -> timedelta:
     """Parse a duration; raise :class:`InvalidInput` naming the input when it is not one."""
     if isinstance(value, timedelta):
-        result = value
-    elif isinstance(value, bool):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidInput(f"invalid duration {value!r}")
     elif isinstance(value, int):
-        result = timedelta(seconds=value)
+        seconds = value
     else:
         text = value.strip()
-        if text.isdigit():
-            result = timedelta(seconds=int(text))
-        else:
-            match = _DURATION.fullmatch(text)
-            if not text or match is None:
-                raise InvalidInput(
-                    f"invalid duration {value!r}: use forms like 90s, 15m, 1h, 1h30m or seconds"
-                )
+        if _SECONDS.fullmatch(text):
+            seconds = int(text)
+        elif text and (match := _DURATION.fullmatch(text)):
             seconds = sum(
                 int(part) * unit
                 for part, unit in zip(match.groups(), _UNIT_SECONDS.values(), strict=True)
                 if part
             )
-            result = timedelta(seconds=seconds)
-    if result <= timedelta(0):
+        else:
+            raise InvalidInput(
+                f"invalid duration {value!r}: use forms like 90s, 15m, 1h, 1h30m or seconds"
+            )
+    if seconds <= 0:
         raise InvalidInput(f"invalid duration {value!r}: must be positive")
-    if result > MAX_DURATION:
+    if seconds > MAX_DURATION.total_seconds():
         raise InvalidInput(f"invalid duration {value!r}: longer than {MAX_DURATION.days} days")
-    return result
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

@@ -25,7 +25,7 @@ from jitgate.domain.models import (
 from jitgate.domain.scopes import parse_scope
 from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
 from jitgate.policy.engine import Subject, approver_eligible, evaluate
-from jitgate.services.context import Context, new_id
+from jitgate.services.context import Context, current_principal, new_id
 from jitgate.storage.access_repo import Approval
 from jitgate.storage.store import Tx
 
@@ -190,6 +190,17 @@ def _check_approver(tx: Tx, request: AccessRequest, approver: Principal) -> None
         raise Forbidden(problem, code="not-eligible")
 
 
+def _valid_approvals(tx: Tx, request: AccessRequest, votes: list[Approval]) -> int:
+    """Distinct approvers who are still eligible now (one who left the group no longer counts)."""
+    approvers = {v.approver for v in votes if v.verdict == "approve"}
+    return sum(
+        1
+        for pid in approvers
+        if (p := tx.directory.get_principal(pid)) is not None
+        and approver_eligible(request.decision, p, request.requester) is None
+    )
+
+
 def approve(ctx: Context, approver: Principal, request_id: str, comment: str = "") -> RequestView:
     now = ctx.now()
     with ctx.store.transaction() as tx:
@@ -201,7 +212,7 @@ def approve(ctx: Context, approver: Principal, request_id: str, comment: str = "
         vote = Approval(request_id, approver.id, "approve", comment, now)
         tx.access.insert_approval(vote)
         votes.append(vote)
-        count = len({v.approver for v in votes if v.verdict == "approve"})
+        count = _valid_approvals(tx, request, votes)
         tx.audit.append(
             [
                 NewEvent(
@@ -258,11 +269,13 @@ def deny(ctx: Context, approver: Principal, request_id: str, comment: str = "") 
 def cancel(ctx: Context, actor: Principal, request_id: str, comment: str = "") -> RequestView:
     now = ctx.now()
     with ctx.store.transaction() as tx:
+        actor = current_principal(tx, actor)
         request = tx.access.get_request(request_id, lock=True)
         if request is None:
             raise NotFound(f"no request {request_id!r}", code="request-not-found")
         if actor.id != request.requester and not actor.is_admin:
             raise Forbidden("only the requester may cancel a request", code="not-requester")
+        request = _pending_locked(tx, ctx, request_id, now)
         request = close_request(request, RequestStatus.CANCELLED, now)
         tx.access.save_request_state(request)
         tx.audit.append(

@@ -10,10 +10,11 @@ from typing import Protocol
 
 from jitgate.audit.events import NewEvent
 from jitgate.clock import Clock
+from jitgate.domain.models import Principal
 from jitgate.errors import Forbidden
 from jitgate.policy.model import Policy
 from jitgate.secrets import SecretBox
-from jitgate.storage.store import Store
+from jitgate.storage.store import Store, Tx
 from jitgate.tokens.keys import KeyRing
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
@@ -87,6 +88,14 @@ class Context:
     def replace_keyring(self, keyring: KeyRing) -> None:
         with self._lock:
             self.keyring = keyring
+
+
+def current_principal(tx: Tx, principal: Principal) -> Principal:
+    """The principal as stored now: groups and admin rights are judged as of this moment."""
+    current = tx.directory.get_principal(principal.id)
+    if current is None or current.disabled:
+        raise Forbidden("this principal is disabled", code="principal-disabled")
+    return current
 
 
 def require_admin(is_admin: bool, action: str) -> None:

@@ -14,7 +14,7 @@ from jitgate.audit.events import EventType, NewEvent
 from jitgate.domain.lifecycle import end_grant
 from jitgate.domain.models import Grant, GrantStatus, Principal
 from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
-from jitgate.services.context import Context
+from jitgate.services.context import Context, current_principal
 from jitgate.storage.store import Tx
 from jitgate.tokens.grant_token import issue
 
@@ -125,6 +125,7 @@ def revoke(ctx: Context, actor: Principal, grant_id: str, reason: str) -> Grant:
     reason = (reason or "").strip()
     now = ctx.now()
     with ctx.store.transaction() as tx:
+        actor = current_principal(tx, actor)
         grant = tx.access.get_grant(grant_id, lock=True)
         if grant is None:
             raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
@@ -156,6 +157,7 @@ def kill_switch(
         raise InvalidInput("a reason is required")
     now = ctx.now()
     with ctx.store.transaction() as tx:
+        actor = current_principal(tx, actor)
         if not actor.is_admin:
             owned = api is not None and (
                 (target := tx.directory.get_api(api)) is not None

@@ -155,6 +155,7 @@ class AccessRepo:
                 access_requests.c.status == RequestStatus.PENDING.value,
                 access_requests.c.created_at <= cutoff,
             )
+            .order_by(access_requests.c.id)
             .limit(limit)
             .with_for_update()
         )
@@ -236,7 +237,8 @@ class AccessRepo:
             query = query.where(grants.c.principal == principal)
         if api is not None:
             query = query.where(grants.c.api == api)
-        query = query.order_by(grants.c.created_at.desc())
+        # With a lock, a fixed order (by id) keeps concurrent lockers from deadlocking.
+        query = query.order_by(grants.c.id) if lock else query.order_by(grants.c.created_at.desc())
         if limit is not None:
             query = query.limit(limit)
         if lock:
@@ -247,6 +249,7 @@ class AccessRepo:
         query = (
             select(grants)
             .where(grants.c.status == GrantStatus.ACTIVE.value, grants.c.expires_at <= now)
+            .order_by(grants.c.id)
             .limit(limit)
             .with_for_update()
         )
