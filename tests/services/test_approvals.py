@@ -322,3 +322,30 @@ def test_one_deny_ends_a_two_person_request(ctx: Context, demo: Demo) -> None:
     with pytest.raises(Conflict):
         access.approve(ctx, add_principal(ctx, "dora", "approvers"), rid)
     assert grants.list_grants(ctx) == []
+
+
+def test_a_vote_stops_counting_when_its_approver_leaves_the_group(
+    ctx: Context, demo: Demo
+) -> None:
+    ctx.replace_policy(two_person_policy())
+    dave = add_principal(ctx, "dave", "approvers")
+    rid = _write_request(ctx, demo.alice)
+    access.approve(ctx, demo.bob, rid)
+    with ctx.store.transaction() as tx:  # bob leaves the approvers after voting
+        tx.directory.update_principal(replace(demo.bob, groups=frozenset()))
+    second = access.approve(ctx, demo.carol, rid)
+    assert second.request.status is RequestStatus.PENDING  # bob's vote no longer counts
+    assert second.grant is None
+    third = access.approve(ctx, dave, rid)
+    assert third.request.status is RequestStatus.APPROVED
+    assert third.grant is not None
+
+
+def test_a_disabled_principal_cannot_revoke_or_cancel(ctx: Context, demo: Demo) -> None:
+    rid = _write_request(ctx, demo.alice)
+    with ctx.store.transaction() as tx:
+        tx.directory.update_principal(replace(demo.alice, disabled=True))
+    with pytest.raises(Forbidden) as caught:
+        access.cancel(ctx, demo.alice, rid)
+    assert caught.value.code == "principal-disabled"
+    assert access.get_request(ctx, rid).request.status is RequestStatus.PENDING
