@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 import uvloop
@@ -48,6 +48,21 @@ def _bind(host: str, port: int, listen: str) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from exc
     return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, minus one thing: after a graceful stop it re-raises the SIGTERM it caught,
+    which kills the process before our own shutdown (the audit writer's last flush) runs."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 async def _every(seconds: float, job: Callable[[], object], name: str) -> None:
@@ -116,7 +131,7 @@ async def _run(
                 loop="none",
                 lifespan="off",
             )
-            server = uvicorn.Server(config)
+            server = _Uvicorn(config)
             started = asyncio.create_task(server.serve(sockets=[sock]))
             while not server.started and not started.done():  # noqa: ASYNC110 - uvicorn has no event
                 await asyncio.sleep(0.02)

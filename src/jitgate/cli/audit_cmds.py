@@ -165,9 +165,6 @@ def _verify_database(url: str) -> dict[str, Any]:
     from sqlalchemy.engine import URL, make_url  # noqa: PLC0415
     from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
 
-    from jitgate.services.audit import verify_store  # noqa: PLC0415 - storage only when asked
-    from jitgate.storage.store import Store  # noqa: PLC0415
-
     try:
         target: URL | None = make_url(url)
     except ArgumentError:
@@ -178,6 +175,9 @@ def _verify_database(url: str) -> dict[str, Any]:
         database = target.database or ""
         if not Path(database).is_file():
             fail(f"no SQLite database file at {database!r}")
+    from jitgate.services.audit import verify_store  # noqa: PLC0415 - storage only when asked
+    from jitgate.storage.store import Store  # noqa: PLC0415
+
     try:
         store = Store.open(url, migrate_schema=False)
         with store.read() as tx:

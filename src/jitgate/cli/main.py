@@ -10,11 +10,10 @@ import typer
 
 from jitgate.cli import access_cmds, admin_cmds, audit_cmds
 from jitgate.cli.client import Client, fail, save_profile
-from jitgate.config import Settings, load_settings
 from jitgate.errors import JitgateError
-from jitgate.logs import configure
 
 if TYPE_CHECKING:
+    from jitgate.config import Settings
     from jitgate.wiring import Runtime
 
 app = typer.Typer(
@@ -48,10 +47,16 @@ def main(
 
 
 def _settings(config: Path | None) -> Settings:
+    # Settings and logging load only for the commands that run servers (CLI start-up time).
+    from jitgate.config import load_settings  # noqa: PLC0415
+    from jitgate.logs import configure  # noqa: PLC0415
+
     try:
-        return load_settings(config)
+        settings = load_settings(config)
     except JitgateError as exc:
         fail(exc.detail, code=2)
+    configure(settings.log_level)
+    return settings
 
 
 def _walkthrough(rt: Runtime, tokens: dict[str, str] | None) -> None:
@@ -121,7 +126,6 @@ def up(
     from jitgate import runner  # noqa: PLC0415 - servers load only for the commands that run them
 
     settings = _settings(config)
-    configure(settings.log_level)
     try:
         runner.run(settings, demo=demo, on_ready=_walkthrough)
     except JitgateError as exc:
@@ -136,7 +140,6 @@ def serve_control(config: ConfigOption = None) -> None:
     from jitgate import runner  # noqa: PLC0415 - as above
 
     settings = _settings(config)
-    configure(settings.log_level)
     try:
         runner.run(settings, gateway=False)
     except (JitgateError, OSError) as exc:
@@ -149,7 +152,6 @@ def serve_gateway(config: ConfigOption = None) -> None:
     from jitgate import runner  # noqa: PLC0415 - as above
 
     settings = _settings(config)
-    configure(settings.log_level)
     try:
         runner.run(settings, control=False)
     except (JitgateError, OSError) as exc:
