@@ -99,6 +99,10 @@ class ListSink:
     def submit(self, event: NewEvent) -> None:
         self.events.append(event)
 
+    def try_submit(self, event: NewEvent) -> bool:
+        self.events.append(event)
+        return True
+
 
 class RecordingFeed:
     def __init__(self) -> None:

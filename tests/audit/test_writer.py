@@ -80,3 +80,15 @@ def test_full_queue_blocks_the_submitter() -> None:
     release.set()
     assert done.wait(5)
     writer.close()
+
+
+def test_try_submit_never_waits() -> None:
+    release = threading.Event()
+    writer = AuditWriter(lambda events: release.wait(5), batch_size=1, queue_size=1)
+    writer.start()
+    accepted = [writer.try_submit(_event(i)) for i in range(5)]
+    assert accepted[0]
+    assert not all(accepted)  # the rest found the queue full and returned at once
+    release.set()
+    assert writer.flush(5)
+    writer.close()

@@ -52,6 +52,15 @@ class AuditWriter:
             self._pending += 1
         self._queue.put(event)  # blocks while full: back-pressure
 
+    def try_submit(self, event: NewEvent) -> bool:
+        with self._idle:
+            try:
+                self._queue.put_nowait(event)
+            except queue.Full:
+                return False
+            self._pending += 1
+            return True
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written."""
         with self._idle:

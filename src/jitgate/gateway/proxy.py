@@ -150,9 +150,15 @@ class Proxy:
         if self._session is not None:
             await self._session.close()
 
-    def record_denial(self, request: web.BaseRequest, deny: Deny, now: float) -> None:
+    async def _record(self, event: NewEvent) -> None:
+        """Queue an audit event without blocking the event loop; a full queue makes this
+        call wait in a worker thread (back-pressure on this request, never loss)."""
+        if not self.audit.try_submit(event):
+            await asyncio.to_thread(self.audit.submit, event)
+
+    async def record_denial(self, request: web.BaseRequest, deny: Deny, now: float) -> None:
         claims = deny.token.claims if deny.token else None
-        self.audit.submit(
+        await self._record(
             NewEvent(
                 type=EventType.ACCESS_DENIED,
                 at=utc(now),
@@ -177,13 +183,13 @@ class Proxy:
             decision = Deny(503, "audit-unavailable", "access cannot be recorded right now; denied")
         if isinstance(decision, Deny):
             DECISIONS.labels("denied", decision.reason).inc()
-            self.record_denial(request, decision, now)
+            await self.record_denial(request, decision, now)
             return problem_response(decision)
         DECISIONS.labels("allowed", "").inc()
         started = time.perf_counter()
         response, error = await self._forward(request, decision)
         claims = decision.token.claims
-        self.audit.submit(
+        await self._record(
             NewEvent(
                 type=EventType.ACCESS_ALLOWED,
                 at=utc(now),

@@ -62,7 +62,11 @@ class AuditSink(Protocol):
     @property
     def healthy(self) -> bool: ...
 
-    def submit(self, event: NewEvent) -> None: ...
+    def submit(self, event: NewEvent) -> None:
+        """Queue ``event``, waiting while the queue is full."""
+
+    def try_submit(self, event: NewEvent) -> bool:
+        """Queue ``event`` if there is room now; never waits."""
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -40,7 +38,10 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # the database holds hashes and ciphertexts: owner only
+                path.touch(mode=0o600)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size
         )
@@ -73,6 +74,10 @@ def is_sqlite(engine: Engine) -> bool:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest revision (idempotent)."""
+    # Alembic loads only when migrating: offline tools (audit verify) start faster.
+    from alembic import command  # noqa: PLC0415
+    from alembic.config import Config  # noqa: PLC0415
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.connect() as connection:
