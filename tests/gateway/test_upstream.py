@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -116,3 +118,29 @@ async def test_gateway_healthz(gw: Harness) -> None:
     assert reply.status == 200
     assert reply.json() == {"status": "ok"}
     assert gw.hits == []
+
+
+async def test_a_caller_that_disconnects_mid_call_is_still_audited(gw: Harness) -> None:
+    token = gw.issue(api="echo").token
+    before = len(gw.events(EventType.ACCESS_ALLOWED))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(
+        f"GET /echo/v1/hang HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    for _ in range(100):  # until the call has reached the upstream
+        if any(hit.target.endswith("/hang") for hit in gw.hits):
+            break
+        await asyncio.sleep(0.01)
+    writer.close()  # the caller goes away before the upstream answers
+    await writer.wait_closed()
+    gw.echo.release.set()
+    for _ in range(200):
+        if len(gw.events(EventType.ACCESS_ALLOWED)) > before:
+            break
+        await asyncio.sleep(0.01)
+    event = gw.events(EventType.ACCESS_ALLOWED)[-1]
+    assert len(gw.events(EventType.ACCESS_ALLOWED)) == before + 1
+    assert event.data["path"] == "/v1/hang"
+    assert event.data["error"] == "client-disconnected"
+    del reader

@@ -324,9 +324,7 @@ def test_one_deny_ends_a_two_person_request(ctx: Context, demo: Demo) -> None:
     assert grants.list_grants(ctx) == []
 
 
-def test_a_vote_stops_counting_when_its_approver_leaves_the_group(
-    ctx: Context, demo: Demo
-) -> None:
+def test_a_vote_stops_counting_when_its_approver_leaves_the_group(ctx: Context, demo: Demo) -> None:
     ctx.replace_policy(two_person_policy())
     dave = add_principal(ctx, "dave", "approvers")
     rid = _write_request(ctx, demo.alice)

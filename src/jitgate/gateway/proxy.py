@@ -54,6 +54,7 @@ DECISIONS = Counter(
     "Gateway decisions by outcome and reason",
     ["outcome", "reason"],
 )
+ALLOWED = DECISIONS.labels("allowed", "")
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -185,29 +186,35 @@ class Proxy:
             DECISIONS.labels("denied", decision.reason).inc()
             await self.record_denial(request, decision, now)
             return problem_response(decision)
-        DECISIONS.labels("allowed", "").inc()
+        ALLOWED.inc()
         started = time.perf_counter()
-        response, error = await self._forward(request, decision)
-        claims = decision.token.claims
-        await self._record(
-            NewEvent(
-                type=EventType.ACCESS_ALLOWED,
-                at=utc(now),
-                actor=claims.principal,
-                principal=claims.principal,
-                api=decision.upstream.api.name,
-                grant=claims.grant_id,
-                data={
-                    "method": request.method,
-                    "path": decision.path[:512],
-                    "status": response.status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                    "jti": claims.jti,
-                    **({"error": error} if error else {}),
-                },
+        # What the audit says if forwarding raises (e.g. the handler is cancelled).
+        status: int = 500
+        error: str | None = "internal-error"
+        try:
+            response, error = await self._forward(request, decision)
+            status = response.status
+            return response
+        finally:  # every forwarded call is audited, however it ended
+            claims = decision.token.claims
+            await self._record(
+                NewEvent(
+                    type=EventType.ACCESS_ALLOWED,
+                    at=utc(now),
+                    actor=claims.principal,
+                    principal=claims.principal,
+                    api=decision.upstream.api.name,
+                    grant=claims.grant_id,
+                    data={
+                        "method": request.method,
+                        "path": decision.path[:512],
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                        "jti": claims.jti,
+                        **({"error": error} if error else {}),
+                    },
+                )
             )
-        )
-        return response
 
     async def _forward(
         self, request: web.BaseRequest, allow: Allow
@@ -242,13 +249,13 @@ class Proxy:
             )
             for key, value in response_headers(upstream_response.headers, upstream.spellings):
                 response.headers.add(key, value)
-            await response.prepare(request)
             try:
+                await response.prepare(request)
                 async for chunk in upstream_response.content.iter_chunked(_CHUNK):
                     await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                await response.write_eof()
+            except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
+                return response, "client-disconnected"
+            except (aiohttp.ClientError, TimeoutError):
                 return response, "upstream-body-interrupted"
-            await response.write_eof()
         return response, None
