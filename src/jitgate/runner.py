@@ -30,6 +30,7 @@ from jitgate.wiring import Runtime, build
 
 log = logging.getLogger(__name__)
 
+Sockets = dict[str, socket.socket]
 OnReady = Callable[[Runtime, dict[str, str] | None], None]
 
 
@@ -39,8 +40,8 @@ def _split(listen: str) -> tuple[str, int]:
 
 
 def _bind(host: str, port: int, listen: str) -> socket.socket:
-    """The control plane's listening socket, bound here so that a busy port is a plain
-    ``OSError`` (uvicorn would ``sys.exit`` from inside the event loop instead)."""
+    """A listening socket, bound here so that a busy port is a plain ``OSError`` (uvicorn
+    would ``sys.exit`` from inside the event loop instead)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,16 +76,41 @@ async def _every(seconds: float, job: Callable[[], object], name: str) -> None:
             log.exception("periodic job %s failed", name)
 
 
-async def _serve_aiohttp(server: web.Server, listen: str) -> web.ServerRunner:
+async def _serve_aiohttp(server: web.Server, sock: socket.socket) -> web.ServerRunner:
     runner = web.ServerRunner(server, handle_signals=False, access_log=None)
     await runner.setup()
-    host, port = _split(listen)
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await web.SockSite(runner, sock).start()
     return runner
 
 
+def _bind_all(settings: Settings, *, control: bool, gateway: bool, demo: bool) -> Sockets:
+    """Every listening socket, bound before anything is written: a busy port stops
+    start-up with a clear error and leaves the database (and its audit log) untouched."""
+    wanted = {
+        "control": (control, settings.control.listen),
+        "gateway": (gateway, settings.gateway.listen),
+        "demo": (demo, settings.demo.upstream_listen),
+    }
+    sockets: Sockets = {}
+    try:
+        for role, (enabled, listen) in wanted.items():
+            if enabled:
+                sockets[role] = _bind(*_split(listen), listen)
+    except OSError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
 async def _run(
-    rt: Runtime, *, control: bool, gateway: bool, demo: bool, on_ready: OnReady | None
+    rt: Runtime,
+    sockets: Sockets,
+    *,
+    control: bool,
+    gateway: bool,
+    demo: bool,
+    on_ready: OnReady | None,
 ) -> None:
     settings = rt.settings
     runners: list[web.ServerRunner] = []
@@ -95,15 +121,13 @@ async def _run(
             tokens, secret = set_up_demo(
                 rt.ctx, settings.state_dir, f"http://{settings.demo.upstream_listen}"
             )
-            runners.append(
-                await _serve_aiohttp(create_upstream(secret), settings.demo.upstream_listen)
-            )
+            runners.append(await _serve_aiohttp(create_upstream(secret), sockets["demo"]))
         if gateway:
             assert rt.proxy is not None
             assert rt.view is not None
             await rt.proxy.start()
             runners.append(
-                await _serve_aiohttp(create_gateway_server(rt.proxy), settings.gateway.listen)
+                await _serve_aiohttp(create_gateway_server(rt.proxy), sockets["gateway"])
             )
             period = max(settings.revocation.max_staleness.total_seconds() / 4, 0.05)
             tasks.append(asyncio.create_task(_every(period, rt.view.resync, "resync")))
@@ -122,7 +146,6 @@ async def _run(
         tasks.extend(asyncio.create_task(_every(s, j, n)) for s, j, n in jobs)
         if control:
             host, port = _split(settings.control.listen)
-            sock = _bind(host, port, settings.control.listen)
             config = uvicorn.Config(
                 create_app(rt.ctx),
                 host=host,
@@ -133,7 +156,7 @@ async def _run(
                 lifespan="off",
             )
             server = _Uvicorn(config)
-            started = asyncio.create_task(server.serve(sockets=[sock]))
+            started = asyncio.create_task(server.serve(sockets=[sockets["control"]]))
             while not server.started and not started.done():  # noqa: ASYNC110 - uvicorn has no event
                 await asyncio.sleep(0.02)
             if started.done():
@@ -171,14 +194,20 @@ def run(
     demo: bool = False,
     on_ready: OnReady | None = None,
 ) -> None:
-    rt = build(settings, demo=demo, gateway=gateway)
+    sockets = _bind_all(settings, control=control, gateway=gateway, demo=demo)
+    try:
+        rt = build(settings, demo=demo, gateway=gateway)
+    except BaseException:
+        for sock in sockets.values():
+            sock.close()
+        raise
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's full passes, which otherwise pause the event loop for 100 ms and more.
     gc.collect()
     gc.freeze()
     try:
         main: Awaitable[None] = _run(
-            rt, control=control, gateway=gateway, demo=demo, on_ready=on_ready
+            rt, sockets, control=control, gateway=gateway, demo=demo, on_ready=on_ready
         )
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(main)  # type: ignore[arg-type]

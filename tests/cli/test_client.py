@@ -88,9 +88,11 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
 
 
 def test_not_logged_in_says_how_to_log_in() -> None:
-    result = run("requests")
+    result = run("--profile", "ops", "requests")
     assert result.exit_code == 1
-    assert "jitgate login" in one_line_error(result)
+    message = one_line_error(result)
+    assert "jitgate --profile ops login" in message
+    assert "no profile 'ops'" in message
 
 
 def test_a_corrupt_profile_file_is_named(tmp_path: Path) -> None:

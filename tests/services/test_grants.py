@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from jitgate.clock import FrozenClock
+from jitgate.control.schemas import grant_json
 from jitgate.domain.models import Grant, GrantStatus, Principal, RequestStatus
 from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
 from jitgate.services import access, directory, grants
@@ -403,3 +404,24 @@ def test_expire_pending_marks_stale_requests_and_audits_each(
 def _events(ctx: Context) -> list:  # type: ignore[type-arg]
     with ctx.store.transaction() as tx:
         return list(tx.audit.stream())
+
+
+def test_a_scheduled_grant_is_not_active_until_it_starts(
+    ctx: Context, demo: Demo, clock: FrozenClock
+) -> None:
+    start = clock.now() + timedelta(hours=1)
+    view = access.create_request(
+        ctx,
+        demo.alice,
+        api="demo",
+        scopes=["GET /**"],
+        duration="10m",
+        reason="later",
+        starts_at=start,
+    )
+    assert view.grant is not None
+    assert grants.list_grants(ctx, active=True) == []
+    assert grant_json(view.grant, clock.now())["status"] == "scheduled"
+    clock.advance(timedelta(hours=1))
+    assert [g.id for g in grants.list_grants(ctx, active=True)] == [view.grant.id]
+    assert grant_json(view.grant, clock.now())["status"] == "active"

@@ -84,11 +84,14 @@ def test_scheduled_start_sets_the_grant_window(
     assert view.grant.expires_at == start + timedelta(minutes=5)
     assert view.request.starts_at == start
 
-    # A start in the past does not backdate the grant.
-    past = _file(ctx, demo, starts_at=clock.now() - timedelta(hours=1), duration="5m")
+    # A start a few seconds in the past (a client clock behind) does not backdate the grant;
+    # one further back is refused rather than silently moved.
+    past = _file(ctx, demo, starts_at=clock.now() - timedelta(seconds=30), duration="5m")
     assert past.grant is not None
     assert past.grant.not_before == clock.now()
     assert past.grant.expires_at == clock.now() + timedelta(minutes=5)
+    with pytest.raises(InvalidInput, match="in the past"):
+        _file(ctx, demo, starts_at=clock.now() - timedelta(hours=1), duration="5m")
 
     # A start given in another zone is the same instant, stored as UTC.
     start = (clock.now() + timedelta(hours=1)).astimezone(timezone(timedelta(hours=5, minutes=30)))

@@ -48,7 +48,10 @@ def _wait(client: Client, request: dict[str, Any], timeout: float) -> dict[str, 
             )
             shown = True
         if time.monotonic() >= deadline:
-            fail(f"request {request['id']} is still pending after {timeout:.0f}s")
+            fail(
+                f"request {request['id']} is still pending after {timeout:.0f}s; it stays open "
+                f"(see 'jitgate requests --mine', or 'jitgate cancel {request['id']}')"
+            )
         time.sleep(1.0)
         request = client.call("GET", f"/v1/requests/{request['id']}")
     return request
@@ -218,13 +221,17 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 - one nested function p
     def grants(
         ctx: typer.Context,
         active: Annotated[bool, typer.Option(help="only grants in force now")] = False,
+        mine: Annotated[bool, typer.Option(help="only my grants")] = False,
         principal: Annotated[str | None, typer.Option()] = None,
         api: Annotated[str | None, typer.Option()] = None,
         output: Output = OutputOption,
     ) -> None:
         """List grants."""
+        client = _client(ctx)
+        if mine:
+            principal = client.call("GET", "/v1/me")["id"]
         params = {"active": "true" if active else None, "principal": principal, "api": api}
-        items = _client(ctx).call("GET", "/v1/grants", params=params)["items"]
+        items = client.call("GET", "/v1/grants", params=params)["items"]
         if output is Output.JSON:
             emit_json(items)
             return

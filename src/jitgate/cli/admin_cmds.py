@@ -193,8 +193,13 @@ def policy_explain(
         length = parse_duration(duration)
     except JitgateError as exc:
         fail(exc.detail)
-    if group is None or environment is None:
+    if group is None or environment is None:  # ask the server for what was not given
         client = _client(ctx)
+        if not client.token:
+            fail(
+                "give --group (repeatable) and --environment to explain offline, "
+                "or log in so that they are read from the server"
+            )
         if group is None:
             group = client.call("GET", f"/v1/principals/{principal}")["groups"]
         if environment is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,13 +58,17 @@ def audit(
     request: Annotated[str | None, typer.Option()] = None,
     since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
     until: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
-    limit: Annotated[int, typer.Option(help="events per page")] = 200,
+    limit: Annotated[int, typer.Option(help="show the latest N matching events")] = 100,
+    all_: Annotated[bool, typer.Option("--all", help="every matching event, oldest first")] = False,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="keep printing new events")
     ] = False,
     output: Output = OutputOption,
 ) -> None:
-    """List audit events (filters combine); with --follow, keep printing new ones."""
+    """List audit events (filters combine); with --follow, keep printing new ones.
+
+    With -o json: a JSON array, or JSON Lines (one event a line) with --follow.
+    """
     filters = {
         "type": type_,
         "actor": actor,
@@ -78,14 +83,18 @@ def audit(
     if ctx.invoked_subcommand is not None:
         return
     client: Client = ctx.obj
-    after, events = 0, []
-    while True:
-        page = _page(client, _filters(ctx), after, min(limit, 1000))
-        events.extend(page)
-        if len(page) < min(limit, 1000):
-            break
-        after = page[-1]["seq"]
-    if output is Output.JSON:
+    if all_:
+        events = list(_all(client, _filters(ctx)))
+    else:
+        events = client.call(
+            "GET",
+            "/v1/audit",
+            params={**_filters(ctx), "before": 2**62, "limit": max(1, min(limit, 1000))},
+        )["items"]
+    if follow and output is Output.JSON:
+        for e in events:
+            typer.echo(json.dumps(e))
+    elif output is Output.JSON:
         emit_json(events)
     else:
         table(
@@ -111,23 +120,30 @@ def audit(
         return
 
 
+def _all(client: Client, filters: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        page = _page(client, filters, after, 1000)
+        yield from page
+        if len(page) < 1000:
+            return
+        after = page[-1]["seq"]
+
+
 @audit_app.command("export")
 def export(
     ctx: typer.Context,
     format_: Annotated[str, typer.Option("--format", help="jsonl")] = "jsonl",
 ) -> None:
-    """Write every matching event as JSON Lines on stdout (with hashes, for offline checks)."""
+    """Write events as JSON Lines on stdout, with their hashes, for offline checks.
+
+    Everything, or what the filters before the subcommand select:
+    ``jitgate audit --type 'access.*' export``.
+    """
     if format_ != "jsonl":
         fail("only --format jsonl is supported", code=2)
-    client: Client = ctx.obj
-    after = 0
-    while True:
-        page = _page(client, _filters(ctx), after, 1000)
-        for e in page:
-            typer.echo(json.dumps(e, sort_keys=True))
-        if len(page) < 1000:
-            return
-        after = page[-1]["seq"]
+    for e in _all(ctx.obj, _filters(ctx)):
+        typer.echo(json.dumps(e, sort_keys=True))
 
 
 @audit_app.command("verify")
@@ -152,6 +168,11 @@ def verify(
         )
         if result.get("checkpoint"):
             typer.echo(f"matches the signed checkpoint at seq {result['checkpoint']['seq']}")
+        else:
+            typer.echo(
+                "no signed checkpoint yet: events cut from the end could not be detected "
+                "(the first is written after audit.checkpoint_interval)"
+            )
     else:
         problem = result.get("problem") or result.get("checkpoint_problem")
         bad = result.get("first_bad_seq")

@@ -61,13 +61,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
 class Client:
     server: str
     token: str | None
+    profile: str = "default"
 
     @classmethod
     def from_options(cls, profile: str, server: str | None, token: str | None) -> Client:
         stored = load_profiles()["profiles"].get(profile, {})
         server = server or os.environ.get("JITGATE_SERVER") or stored.get("server")
         token = token or os.environ.get("JITGATE_PRINCIPAL_TOKEN") or stored.get("token")
-        return cls(server=(server or DEFAULT_SERVER).rstrip("/"), token=token)
+        return cls(server=(server or DEFAULT_SERVER).rstrip("/"), token=token, profile=profile)
 
     def call(
         self,
@@ -79,7 +80,10 @@ class Client:
         ok: tuple[int, ...] = (200, 201, 204),
     ) -> Any:
         if not self.token:
-            fail("not logged in: run 'jitgate login --server URL --token jgp_…' first")
+            fail(
+                f"not logged in (no profile {self.profile!r} in {config_path()}): run "
+                f"'jitgate --profile {self.profile} login --server URL --token jgp_…' first"
+            )
         headers = {"Authorization": f"Bearer {self.token}"}
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:

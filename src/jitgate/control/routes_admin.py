@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -117,7 +118,7 @@ def read_policy(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     policy = ctx.policy
     return {
         "version": policy.version,
-        "source": policy.source,
+        "source": Path(policy.source).name,  # the file's name, not the server's layout
         "digest": policy.digest,
         "defaults": {
             "max_duration": format_duration(policy.defaults.max_duration),
@@ -159,7 +160,10 @@ def read_audit(
     request: str | None = Query(default=None, max_length=32),
     since: datetime | None = None,
     until: datetime | None = None,
-    after: int = Query(default=0, ge=0, description="cursor: return events with seq > after"),
+    after: int = Query(default=0, ge=0, description="cursor: the first events with seq > after"),
+    before: int | None = Query(
+        default=None, ge=1, description="cursor: the last events with seq < before"
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     f = AuditFilter(
@@ -172,10 +176,12 @@ def read_audit(
         since=since,
         until=until,
     )
-    events = audit.query(ctx, caller, f, after=after, limit=limit)
+    events = audit.query(ctx, caller, f, after=after, before=before, limit=limit)
+    full = len(events) == limit
     return {
         "items": [e.as_dict() for e in events],
-        "next_after": events[-1].seq if len(events) == limit else None,
+        "next_after": events[-1].seq if full and before is None else None,
+        "next_before": events[0].seq if full and before is not None else None,
     }
 
 
@@ -187,5 +193,5 @@ def verify_audit(ctx: Ctx, caller: Caller) -> dict[str, Any]:
 @router.post("/audit/checkpoints", tags=["audit"])
 def checkpoint_audit(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     require_admin(caller.is_admin, "write audit checkpoints")
-    cp = audit.checkpoint(ctx)
+    cp = audit.checkpoint(ctx, actor=caller.id)
     return {"checkpoint": cp.as_dict() if cp else None}

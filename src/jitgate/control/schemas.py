@@ -124,8 +124,18 @@ def iso(at: datetime | None) -> str | None:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _grant_status(g: Grant, now: datetime) -> str:
+    """The stored state, refined by time: ``scheduled`` before ``not_before``, ``expired``
+    once past ``expires_at`` even before the expiry job has marked it."""
+    if g.status is not GrantStatus.ACTIVE:
+        return g.status.value
+    if now >= g.expires_at:
+        return "expired"
+    return "scheduled" if now < g.not_before else "active"
+
+
 def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
-    live = g.status is GrantStatus.ACTIVE and now < g.expires_at
+    live = g.is_active_at(now)
     return {
         "id": g.id,
         "request_id": g.request_id,
@@ -134,9 +144,7 @@ def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
         "scopes": list(g.scopes),
         "not_before": iso(g.not_before),
         "expires_at": iso(g.expires_at),
-        "status": g.status.value
-        if not (g.status is GrantStatus.ACTIVE and not live)
-        else "expired",
+        "status": _grant_status(g, now),
         "active": live,
         "max_calls": g.max_calls,
         "created_at": iso(g.created_at),

@@ -169,7 +169,7 @@ class Proxy:
                 grant=claims.grant_id if claims else None,
                 data={
                     "method": request.method[:16],
-                    "path": request.raw_path.partition("?")[0][:512],
+                    "target": request.raw_path.partition("?")[0][:512],  # with the API prefix
                     "status": deny.status,
                     "reason": deny.reason,
                     "detail": deny.detail,

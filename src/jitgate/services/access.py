@@ -32,6 +32,7 @@ from jitgate.storage.store import Tx
 MAX_SCOPES = 20
 MAX_REASON = 1000
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
+SCHEDULE_SLACK = timedelta(minutes=1)  # a client clock slightly behind is not an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ def create_request(
             raise InvalidInput("starts_at needs a time zone (e.g. 2026-01-05T10:00:00Z)")
         if starts_at > now + MAX_SCHEDULE_AHEAD:
             raise InvalidInput("starts_at is more than 30 days ahead")
+        if starts_at < now - SCHEDULE_SLACK:
+            raise InvalidInput("starts_at is in the past; leave it out to start now")
     policy = ctx.policy
     with ctx.store.transaction() as tx:
         target = tx.directory.get_api(api)

@@ -64,11 +64,17 @@ def require_auditor(actor: Principal) -> None:
 
 
 def query(
-    ctx: Context, actor: Principal, f: AuditFilter, *, after: int = 0, limit: int = 100
+    ctx: Context,
+    actor: Principal,
+    f: AuditFilter,
+    *,
+    after: int = 0,
+    before: int | None = None,
+    limit: int = 100,
 ) -> list[ChainedEvent]:
     require_auditor(actor)
     with ctx.store.read() as tx:
-        return tx.audit.query(f, after=after, limit=limit)
+        return tx.audit.query(f, after=after, before=before, limit=limit)
 
 
 def verify_store(store: Store, public_keys: dict[str, Ed25519PublicKey]) -> Verification:
@@ -127,8 +133,12 @@ def verify(ctx: Context, actor: Principal) -> Verification:
     return verify_store(ctx.store, dict(ctx.keyring.public_keys))
 
 
-def checkpoint(ctx: Context) -> Checkpoint | None:
-    """Sign the current head (if it moved since the last checkpoint) and store it."""
+def checkpoint(ctx: Context, actor: str = "system") -> Checkpoint | None:
+    """Sign the current head (if it moved since the last checkpoint) and store it.
+
+    The audit event carries the whole signed checkpoint, so an export of the log holds
+    checkpoints that anyone can check against the JWKS, without jitgate.
+    """
     now = ctx.now()
     with ctx.store.transaction() as tx:
         last = tx.audit.latest_checkpoint()
@@ -145,8 +155,8 @@ def checkpoint(ctx: Context) -> Checkpoint | None:
                 NewEvent(
                     type=EventType.AUDIT_CHECKPOINT,
                     at=now,
-                    actor="system",
-                    data={"seq": seq, "hash": head_hash, "kid": ring.signing_kid},
+                    actor=actor,
+                    data=cp.as_dict(),
                 )
             ]
         )

@@ -51,10 +51,8 @@ def list_grants(
             api=api,
             limit=None if active is False else limit,
         )
-    if active:
-        found = [g for g in found if now < g.expires_at]
-    elif active is False:
-        found = [g for g in found if not (g.status is GrantStatus.ACTIVE and now < g.expires_at)]
+    if active is not None:
+        found = [g for g in found if g.is_active_at(now) == active]
     return found[:limit]
 
 

@@ -93,9 +93,15 @@ class AuditRepo:
         row = self._c.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
         return int(row.seq), str(row.hash)
 
-    def query(self, f: AuditFilter, *, after: int = 0, limit: int = 100) -> list[ChainedEvent]:
+    def query(
+        self, f: AuditFilter, *, after: int = 0, before: int | None = None, limit: int = 100
+    ) -> list[ChainedEvent]:
+        """Matching events in ``seq`` order: the first ``limit`` after ``after`` or, with
+        ``before``, the last ``limit`` before it (still returned oldest first)."""
         c = audit_events.c
         query = select(audit_events).where(c.seq > after)
+        if before is not None:
+            query = query.where(c.seq < before)
         if f.type:
             if f.type.endswith(("*", ".")):
                 query = query.where(c.type.startswith(f.type.rstrip("*"), autoescape=True))
@@ -114,8 +120,10 @@ class AuditRepo:
             query = query.where(c.at >= f.since)
         if f.until is not None:
             query = query.where(c.at < f.until)
-        query = query.order_by(c.seq).limit(limit)
-        return [_event(r._mapping) for r in self._c.execute(query)]
+        newest_first = before is not None
+        query = query.order_by(c.seq.desc() if newest_first else c.seq).limit(limit)
+        events = [_event(r._mapping) for r in self._c.execute(query)]
+        return events[::-1] if newest_first else events
 
     def stream(self, *, batch: int = 2000) -> Iterator[ChainedEvent]:
         """Every event in ``seq`` order, read in pages (constant memory)."""
