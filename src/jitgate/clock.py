@@ -16,6 +16,9 @@ class Clock(Protocol):
 
     def timestamp(self) -> float: ...
 
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin that never goes backwards (for intervals)."""
+
 
 class SystemClock:
     """The real clock."""
@@ -25,6 +28,9 @@ class SystemClock:
 
     def timestamp(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 class FrozenClock:
@@ -37,6 +43,9 @@ class FrozenClock:
         return self._now
 
     def timestamp(self) -> float:
+        return self._now.timestamp()
+
+    def monotonic(self) -> float:
         return self._now.timestamp()
 
     def advance(self, delta: timedelta | float) -> None:

@@ -6,10 +6,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from jitgate.audit.events import NewEvent
 from jitgate.audit.writer import Append, AuditWriter
 from jitgate.clock import Clock, SystemClock
 from jitgate.config import Settings
+from jitgate.errors import ConfigError
 from jitgate.gateway.enforce import Enforcer
 from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.view import GatewayView
@@ -18,11 +22,22 @@ from jitgate.policy.model import Policy
 from jitgate.secrets import Secret, SecretBox, load_master_key
 from jitgate.services.bootstrap import ensure_admin, ensure_keyring, record_policy
 from jitgate.services.context import Context, NullFeed
+from jitgate.storage.database import normalise_url
 from jitgate.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 EMPTY_POLICY = "version: 1\nrules: []\n"
+
+
+def open_store(url: str) -> Store:
+    """The store, migrated; an unreachable or unusable database is one clear error."""
+    try:
+        return Store.open(url)
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        shown = make_url(normalise_url(url)).render_as_string(hide_password=True)
+        raise ConfigError(f"database_url: cannot use {shown}: {cause}") from exc
 
 
 def choose_policy(settings: Settings, *, demo: bool) -> Policy:
@@ -60,7 +75,7 @@ def build(
     env_key = Secret(settings.master_key.get_secret_value()) if settings.master_key else None
     box = SecretBox(load_master_key(env_key, settings.master_key_path))
     policy = choose_policy(settings, demo=demo)
-    store = Store.open(settings.database)
+    store = open_store(settings.database)
     ring = ensure_keyring(store, box, clock)
     writer = AuditWriter(
         _appender(store),

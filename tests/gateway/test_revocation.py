@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from jitgate.audit.events import EventType
+from jitgate.clock import FrozenClock
 from jitgate.gateway.view import GatewayView
+from jitgate.secrets import SecretBox
 from jitgate.services import grants
+from jitgate.storage.store import Store
 from tests.conftest import RecordingFeed
 from tests.gateway.conftest import MAX_STALENESS, Harness
 
@@ -247,3 +251,31 @@ async def test_smoke_on_postgresql(gw: Harness) -> None:
     gw.assert_denied(
         await gw.call("GET", TARGET, issued.token), 403, "grant-revoked", hits_before=1
     )
+
+
+def test_revocations_announced_during_resyncs_are_never_lost(
+    store: Store, box: SecretBox, clock: FrozenClock
+) -> None:
+    view = GatewayView(store, box, clock, max_staleness=2.0)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def resync_forever() -> None:
+        while not stop.is_set():
+            try:
+                view.resync()
+            except BaseException as exc:
+                failures.append(exc)
+
+    worker = threading.Thread(target=resync_forever)
+    worker.start()
+    later = clock.now() + timedelta(hours=1)
+    try:
+        for i in range(1000):
+            view.grant_ended(f"grt_{i}", later)
+            assert view.is_ended(f"grt_{i}")  # in force when the announcement returns
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == []
+    assert all(view.is_ended(f"grt_{i}") for i in range(1000))

@@ -10,7 +10,7 @@ import pytest
 from jitgate.clock import FrozenClock
 from jitgate.demo.fixture import set_up_demo
 from jitgate.errors import Forbidden
-from jitgate.services import access, directory, grants, keys
+from jitgate.services import access, audit, directory, grants, keys
 from jitgate.services.context import Context
 from jitgate.tokens.grant_token import GrantClaims, verify_signature
 from jitgate.tokens.keys import KeyRing
@@ -50,3 +50,16 @@ def test_only_admins_rotate(ctx: Context, tmp_path: Path) -> None:
     set_up_demo(ctx, tmp_path, "http://127.0.0.1:9")
     with pytest.raises(Forbidden):
         keys.rotate(ctx, directory.get_principal(ctx, "bob"))
+
+
+def test_checkpoints_signed_before_a_rotation_still_verify(
+    ctx: Context, clock: FrozenClock, tmp_path: Path
+) -> None:
+    set_up_demo(ctx, tmp_path, "http://127.0.0.1:9")
+    admin = directory.get_principal(ctx, "admin")
+    assert audit.checkpoint(ctx) is not None
+    keys.rotate(ctx, admin)  # no active grant: the old key leaves the JWKS at once
+    clock.advance(timedelta(minutes=1))
+    result = audit.verify(ctx, admin)
+    assert result.ok, result.as_dict()
+    assert result.checkpoint is not None

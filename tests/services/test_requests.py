@@ -131,7 +131,11 @@ def test_policy_denial_is_recorded_with_its_reason_and_never_shortened(
         assert stored.status is RequestStatus.DENIED, case
         assert stored.decision == view.request.decision, case
         assert stored.duration == view.request.duration, case  # kept as asked
-        assert event_types(ctx.store, after=seq) == ["request.created", "request.decided"]
+        assert event_types(ctx.store, after=seq) == [
+            "request.created",
+            "request.decided",
+            "request.denied",
+        ]
     assert grants.list_grants(ctx) == []
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jitgate.cli.client import Client, fail
 from jitgate.cli.output import Output, OutputOption, emit_json, table
@@ -196,17 +195,12 @@ def _verify_database(url: str) -> dict[str, Any]:
         database = target.database or ""
         if not Path(database).is_file():
             fail(f"no SQLite database file at {database!r}")
-    from jitgate.services.audit import verify_store  # noqa: PLC0415 - storage only when asked
+    from jitgate.services.audit import stored_public_keys, verify_store  # noqa: PLC0415 - storage only when asked
     from jitgate.storage.store import Store  # noqa: PLC0415
 
     try:
         store = Store.open(url, migrate_schema=False)
-        with store.read() as tx:
-            keys = {
-                k.kid: Ed25519PublicKey.from_public_bytes(k.public_key)
-                for k in tx.directory.list_keys()
-            }
-        result = verify_store(store, keys).as_dict()
+        result = verify_store(store, stored_public_keys(store)).as_dict()
         store.close()
     except JitgateError as exc:
         fail(exc.detail)

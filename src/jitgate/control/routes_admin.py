@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
 
 from jitgate.control.deps import Caller, Ctx
 from jitgate.control.schemas import (
@@ -15,6 +15,7 @@ from jitgate.control.schemas import (
     SecretIn,
     TokenIn,
     api_json,
+    in_range,
     iso,
     principal_json,
 )
@@ -98,7 +99,11 @@ def principal_token(
 ) -> dict[str, Any]:
     body = body or TokenIn()
     token = directory.issue_principal_token(
-        ctx, caller, principal_id, label=body.label, expires_at=body.expires_at
+        ctx,
+        caller,
+        principal_id,
+        label=body.label,
+        expires_at=in_range(body.expires_at, "expires_at"),
     )
     return {"principal": principal_id, "token": token, "expires_at": iso(body.expires_at)}
 
@@ -158,23 +163,25 @@ def read_audit(
     api: str | None = Query(default=None, max_length=64),
     grant: str | None = Query(default=None, max_length=32),
     request: str | None = Query(default=None, max_length=32),
-    since: datetime | None = None,
-    until: datetime | None = None,
-    after: int = Query(default=0, ge=0, description="cursor: the first events with seq > after"),
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    after: int = Query(
+        default=0, ge=0, le=2**62, description="cursor: the first events with seq > after"
+    ),
     before: int | None = Query(
-        default=None, ge=1, description="cursor: the last events with seq < before"
+        default=None, ge=1, le=2**62, description="cursor: the last events with seq < before"
     ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     f = AuditFilter(
         type=type,
+        since=in_range(since, "since"),
+        until=in_range(until, "until"),
         actor=actor,
         principal=principal,
         api=api,
         grant=grant,
         request=request,
-        since=since,
-        until=until,
     )
     events = audit.query(ctx, caller, f, after=after, before=before, limit=limit)
     full = len(events) == limit

@@ -6,13 +6,23 @@ and in their canonical spelling. Nothing rendered here ever includes a secret.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from jitgate.domain.durations import format_duration
 from jitgate.domain.models import AccessRequest, Api, Grant, GrantStatus, Principal
+from jitgate.errors import InvalidInput
 from jitgate.services.access import RequestView
 
 MAX_ATTRIBUTE_DEPTH = 8
@@ -27,8 +37,15 @@ def _depth(value: Any) -> int:
     while stack:
         item, depth = stack.pop()
         deepest = max(deepest, depth)
-        if isinstance(item, str) and "\x00" in item:
-            raise ValueError("NUL characters are not allowed")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("NUL characters are not allowed")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:  # lone surrogates cannot be stored or rendered
+                raise ValueError("text must be valid Unicode") from exc
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
         if isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, dict):
@@ -115,7 +132,20 @@ class PrincipalIn(Body):
 
 class TokenIn(Body):
     label: str = Field(default="", max_length=200)
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
+
+
+def in_range(at: datetime | None, name: str) -> datetime | None:
+    """A time the database can store (UTC, years 1970-9998), or ``InvalidInput``."""
+    if at is None:
+        return None
+    try:
+        utc = at.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 1970 <= utc.year <= 9998:
+        raise InvalidInput(f"{name}: out of range")
+    return utc
 
 
 def iso(at: datetime | None) -> str | None:

@@ -68,6 +68,8 @@ def _longest_first(forms: set[str]) -> tuple[str, ...]:
 
 
 class GatewayView:
+    """What the gateway enforces against, in memory; see the module docstring."""
+
     def __init__(self, store: Store, box: SecretBox, clock: Clock, *, max_staleness: float) -> None:
         self._store = store
         self._box = box
@@ -78,6 +80,7 @@ class GatewayView:
         self.public_keys: dict[str, Ed25519PublicKey] = {}
         self.ended: dict[str, float] = {}  # grant id -> its expiry (POSIX seconds)
         self._synced_at = float("-inf")
+        self._generation = 0  # bumped by every reload the feed asks for
 
     # what enforcement asks ----------------------------------------------------
     def is_ended(self, grant_id: str) -> bool:
@@ -85,17 +88,23 @@ class GatewayView:
 
     @property
     def fresh(self) -> bool:
-        return self._clock.timestamp() - self._synced_at <= self._max_staleness
+        # Monotonic: a wall clock stepped backwards must not make an old view look fresh.
+        return self._clock.monotonic() - self._synced_at <= self._max_staleness
 
-    # the change feed ------------------------------------------------------------
+    # the change feed (under the lock: a concurrent resync must not undo a change) -------
     def grant_ended(self, grant_id: str, expires_at: datetime) -> None:
-        self.ended[grant_id] = expires_at.timestamp()
+        with self._lock:
+            self.ended[grant_id] = expires_at.timestamp()
 
     def apis_changed(self) -> None:
-        self._load_apis()
+        with self._lock:
+            self._load_apis()
+            self._generation += 1
 
     def keys_changed(self) -> None:
-        self._load_keys()
+        with self._lock:
+            self._load_keys()
+            self._generation += 1
 
     # loading --------------------------------------------------------------------
     def _load_apis(self) -> None:
@@ -123,18 +132,25 @@ class GatewayView:
         }
 
     def resync(self) -> None:
-        """Reload everything; on failure keep the old view and let it go stale."""
+        """Reload everything; on failure keep the old view and let it go stale.
+
+        The database is read without the lock (announcements are not held up by it); the
+        merge takes the lock, keeps every grant the feed ended meanwhile, and does not
+        replace APIs or keys that the feed reloaded after this read began.
+        """
         with self._lock:
-            started = self._clock.timestamp()
-            with self._store.read() as tx:
-                ended = tx.access.ended_unexpired(self._clock.now() - ENDED_GRACE)
-                keys = tx.directory.list_keys()
-                rows = tx.directory.apis_with_secrets()
-            self.public_keys = self._live_keys(keys)
-            self.upstreams = self._upstreams(rows)
-            # Keep what the feed told us meanwhile; drop what no token is accepted for.
+            generation = self._generation
+        started = self._clock.monotonic()
+        with self._store.read() as tx:
+            ended = tx.access.ended_unexpired(self._clock.now() - ENDED_GRACE)
+            keys = tx.directory.list_keys()
+            rows = tx.directory.apis_with_secrets()
+        public_keys, upstreams = self._live_keys(keys), self._upstreams(rows)
+        horizon = self._clock.timestamp() - ENDED_GRACE.total_seconds()
+        with self._lock:
+            if generation == self._generation:
+                self.public_keys, self.upstreams = public_keys, upstreams
             merged = {gid: exp.timestamp() for gid, exp in ended}
-            horizon = self._clock.timestamp() - ENDED_GRACE.total_seconds()
             merged.update({g: e for g, e in self.ended.items() if e > horizon})
             self.ended = merged
             self._synced_at = started

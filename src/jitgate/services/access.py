@@ -163,6 +163,19 @@ def create_request(
         elif decision.outcome is Outcome.DENY:
             request = close_request(request, RequestStatus.DENIED, now)
             tx.access.save_request_state(request)
+            tx.audit.append(
+                [
+                    NewEvent(
+                        type=EventType.REQUEST_DENIED,
+                        at=now,
+                        actor="policy",
+                        principal=requester.id,
+                        api=api,
+                        request=request.id,
+                        data={"reasons": list(decision.reasons), "rule": decision.rule},
+                    )
+                ]
+            )
     return RequestView(request=request, approvals=[], grant=grant)
 
 

@@ -128,9 +128,19 @@ def _head_problem(repo: AuditRepo, chain: VerifyResult, recorded: tuple[int, str
     return None
 
 
+def stored_public_keys(store: Store) -> dict[str, Ed25519PublicKey]:
+    """Every signing key ever used, retired ones included: old checkpoints stay checkable
+    after their key has stopped signing tokens."""
+    with store.read() as tx:
+        return {
+            k.kid: Ed25519PublicKey.from_public_bytes(k.public_key)
+            for k in tx.directory.list_keys()
+        }
+
+
 def verify(ctx: Context, actor: Principal) -> Verification:
     require_auditor(actor)
-    return verify_store(ctx.store, dict(ctx.keyring.public_keys))
+    return verify_store(ctx.store, stored_public_keys(ctx.store))
 
 
 def checkpoint(ctx: Context, actor: str = "system") -> Checkpoint | None:
