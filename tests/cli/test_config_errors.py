@@ -186,3 +186,11 @@ def test_a_busy_control_port_is_a_clear_error(tmp_path: Path) -> None:
     line = _error_line(done)
     assert listen in line
     assert "jitgate is up" not in done.stderr
+
+
+def test_an_unreachable_database_stops_start_up(tmp_path: Path) -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{_free_port()}/jitgate"
+    done, _ = _start(tmp_path, JITGATE_DATABASE_URL=url)
+    line = _error_line(done)
+    assert "database_url: cannot use" in line
+    assert "hunter2" not in done.stderr  # the password is not shown

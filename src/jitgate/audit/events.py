@@ -44,6 +44,7 @@ class EventType(StrEnum):
     PRINCIPAL_CREATED = "principal.created"
     PRINCIPAL_UPDATED = "principal.updated"
     PRINCIPAL_TOKEN_CREATED = "principal.token_created"  # noqa: S105 - an event name, not a secret
+    PRINCIPAL_TOKEN_REVOKED = "principal.token_revoked"  # noqa: S105 - an event name
     API_CREATED = "api.created"
     API_UPDATED = "api.updated"
     API_SECRET_ROTATED = "api.secret_rotated"  # noqa: S105 - an event name, not a secret

@@ -158,6 +158,40 @@ def keys_rotate(ctx: typer.Context) -> None:
     typer.echo(f"signing with {result['signing_kid']}; {len(result['keys'])} key(s) published")
 
 
+@principal_app.command("tokens")
+def principal_tokens(ctx: typer.Context, principal_id: str, output: Output = OutputOption) -> None:
+    """List a principal's tokens (ids and dates; the tokens themselves are never stored)."""
+    items = _client(ctx).call("GET", f"/v1/principals/{principal_id}/tokens")["items"]
+    if output is Output.JSON:
+        emit_json(items)
+        return
+    rows = [(t["id"], t["label"], t["created_at"], t["expires_at"], t["revoked_at"]) for t in items]
+    table("Tokens", ["id", "label", "created", "expires", "revoked"], rows)
+
+
+@principal_app.command("revoke-token")
+def principal_revoke_token(ctx: typer.Context, principal_id: str, token_id: str) -> None:
+    """Revoke one principal token at once (e.g. a leaked one)."""
+    _client(ctx).call("POST", f"/v1/principals/{principal_id}/tokens/{token_id}/revoke")
+    typer.echo(f"token {token_id} of {principal_id} revoked")
+
+
+@principal_app.command("disable")
+def principal_disable(ctx: typer.Context, principal_id: str) -> None:
+    """Disable a principal: its tokens stop working and its grants are revoked."""
+    result = _client(ctx).call("POST", f"/v1/principals/{principal_id}/disable")
+    typer.echo(
+        f"principal {principal_id} disabled; {len(result['revoked_grants'])} grant(s) revoked"
+    )
+
+
+@principal_app.command("enable")
+def principal_enable(ctx: typer.Context, principal_id: str) -> None:
+    """Re-enable a disabled principal."""
+    _client(ctx).call("POST", f"/v1/principals/{principal_id}/enable")
+    typer.echo(f"principal {principal_id} enabled")
+
+
 @policy_app.command("check")
 def policy_check(file: Path) -> None:
     """Validate a policy file: schema, scopes, durations (errors name file and line)."""

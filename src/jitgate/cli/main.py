@@ -94,18 +94,20 @@ TOKEN=$(jitgate --profile alice request demo --scope 'GET /v1/**' --for 10m \\
         --reason 'debug order 42' --wait)
 curl -s {s.gateway.url}/demo/v1/orders/42 -H "Authorization: Bearer $TOKEN"
 
-# 3. alice: writes need an approver
+# 3. alice: writes need an approver (she cannot approve her own request)
 jitgate --profile alice request demo --scope 'POST /v1/orders' --for 30m --reason 'fix order 42'
 jitgate --profile bob requests --pending
-jitgate --profile bob approve REQUEST_ID --comment 'ok'
-jitgate --profile alice grants --active
+jitgate --profile bob approve REQUEST_ID --comment 'ok'     # prints the grant id
+W=$(jitgate --profile alice token GRANT_ID)
+curl -s -X POST {s.gateway.url}/demo/v1/orders -d '{{"qty": 1}}' -H "Authorization: Bearer $W"
 
 # 4. Run one command with a grant that is released when it ends
 jitgate --profile alice exec demo --scope 'GET /v1/**' --for 5m --reason 'smoke test' -- \\
   sh -c 'curl -fsS "$JITGATE_URL/v1/ping" -H "Authorization: Bearer $JITGATE_TOKEN"'
 
-# 5. bob revokes alice's grant: her next call is refused
+# 5. bob (an owner of API demo) revokes alice's grant: her next call is refused
 jitgate --profile bob revoke GRANT_ID --reason 'incident 7'
+jitgate --profile bob revoke --api demo --reason 'incident 7'   # kill switch: every grant
 
 # 6. The audit trail, and its integrity
 jitgate --profile admin audit
@@ -141,7 +143,7 @@ def serve_control(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     try:
-        runner.run(settings, gateway=False)
+        runner.run(settings, gateway=False, on_ready=_walkthrough)
     except (JitgateError, OSError) as exc:
         fail(str(exc), code=2)
 
@@ -153,7 +155,7 @@ def serve_gateway(config: ConfigOption = None) -> None:
 
     settings = _settings(config)
     try:
-        runner.run(settings, control=False)
+        runner.run(settings, control=False, on_ready=_walkthrough)
     except (JitgateError, OSError) as exc:
         fail(str(exc), code=2)
 

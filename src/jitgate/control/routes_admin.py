@@ -23,7 +23,7 @@ from jitgate.domain.durations import format_duration
 from jitgate.domain.models import Api, Injection, InjectionKind, PrincipalKind
 from jitgate.policy.model import Approval
 from jitgate.secrets import Secret
-from jitgate.services import audit, directory, keys
+from jitgate.services import audit, directory, grants, keys
 from jitgate.services.context import require_admin
 from jitgate.storage.audit_repo import AuditFilter
 
@@ -106,6 +106,45 @@ def principal_token(
         expires_at=in_range(body.expires_at, "expires_at"),
     )
     return {"principal": principal_id, "token": token, "expires_at": iso(body.expires_at)}
+
+
+@router.get("/principals/{principal_id}/tokens", tags=["principals"])
+def principal_tokens(principal_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    items = directory.list_tokens(ctx, caller, principal_id)
+    return {
+        "items": [
+            {
+                "id": t["id"],
+                "label": t["label"],
+                "created_at": iso(t["created_at"]),
+                "expires_at": iso(t["expires_at"]),
+                "revoked_at": iso(t["revoked_at"]),
+            }
+            for t in items
+        ]
+    }
+
+
+@router.post(
+    "/principals/{principal_id}/tokens/{token_id}/revoke", status_code=204, tags=["principals"]
+)
+def revoke_principal_token(principal_id: str, token_id: str, ctx: Ctx, caller: Caller) -> None:
+    directory.revoke_token(ctx, caller, principal_id, token_id)
+
+
+@router.post("/principals/{principal_id}/disable", tags=["principals"])
+def disable_principal(principal_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """Disable a principal and revoke every grant it holds."""
+    changed = directory.set_disabled(ctx, caller, principal_id, disabled=True)
+    ended = grants.kill_switch(
+        ctx, caller, principal=principal_id, api=None, reason="principal disabled"
+    )
+    return {**principal_json(changed), "revoked_grants": [g.id for g in ended]}
+
+
+@router.post("/principals/{principal_id}/enable", tags=["principals"])
+def enable_principal(principal_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return principal_json(directory.set_disabled(ctx, caller, principal_id, disabled=False))
 
 
 def _approval(a: Approval) -> dict[str, Any]:

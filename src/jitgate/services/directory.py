@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -147,6 +148,65 @@ def issue_principal_token(
             ]
         )
     return token
+
+
+def list_tokens(ctx: Context, actor: Principal, principal_id: str) -> list[dict[str, Any]]:
+    """A principal's tokens (never the tokens themselves): its own, or any for an admin."""
+    if actor.id != principal_id:
+        require_admin(actor.is_admin, "list another principal's tokens")
+    with ctx.store.read() as tx:
+        if tx.directory.get_principal(principal_id) is None:
+            raise NotFound(f"no principal {principal_id!r}", code="principal-not-found")
+        return tx.directory.list_tokens(principal_id)
+
+
+def revoke_token(ctx: Context, actor: Principal, principal_id: str, token_id: str) -> None:
+    """Revoke one principal token at once: its own holder, or an admin, may do it."""
+    if actor.id != principal_id:
+        require_admin(actor.is_admin, "revoke another principal's tokens")
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        if not tx.directory.revoke_token(principal_id, token_id, now):
+            raise NotFound(
+                f"no unrevoked token {token_id!r} of {principal_id!r}", code="token-not-found"
+            )
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.PRINCIPAL_TOKEN_REVOKED,
+                    at=now,
+                    actor=actor.id,
+                    principal=principal_id,
+                    data={"token_id": token_id},
+                )
+            ]
+        )
+
+
+def set_disabled(ctx: Context, actor: Principal, principal_id: str, *, disabled: bool) -> Principal:
+    """Disable (or re-enable) a principal: a disabled one cannot authenticate or act."""
+    require_admin(actor.is_admin, "disable or enable principals")
+    if disabled and actor.id == principal_id:
+        raise InvalidInput("an administrator cannot disable itself")
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        current = tx.directory.get_principal(principal_id)
+        if current is None:
+            raise NotFound(f"no principal {principal_id!r}", code="principal-not-found")
+        changed = replace(current, disabled=disabled)
+        tx.directory.update_principal(changed)
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.PRINCIPAL_UPDATED,
+                    at=now,
+                    actor=actor.id,
+                    principal=principal_id,
+                    data={"disabled": disabled},
+                )
+            ]
+        )
+    return changed
 
 
 def list_principals(ctx: Context) -> list[Principal]:

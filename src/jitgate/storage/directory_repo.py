@@ -122,6 +122,25 @@ class DirectoryRepo:
             )
         )
 
+    def list_tokens(self, principal_id: str) -> list[dict[str, Any]]:
+        """A principal's tokens, without their hashes."""
+        c = principal_tokens.c
+        rows = self._c.execute(
+            select(c.id, c.label, c.created_at, c.expires_at, c.revoked_at)
+            .where(c.principal_id == principal_id)
+            .order_by(c.created_at, c.id)
+        )
+        return [dict(r._mapping) for r in rows]
+
+    def revoke_token(self, principal_id: str, token_id: str, at: datetime) -> bool:
+        c = principal_tokens.c
+        done = self._c.execute(
+            update(principal_tokens)
+            .where(c.id == token_id, c.principal_id == principal_id, c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return bool(done.rowcount)
+
     def principal_for_token(self, token_hash: str, now: datetime) -> Principal | None:
         query = (
             select(principals)
