@@ -34,7 +34,7 @@ GENESIS_HASH: str = "0" * 64
 CHAIN_VERSION = 1
 
 _MAX_DEPTH = 64  # bounds recursion; audit data is shallow, a cycle is a bug
-_HASH = re.compile(r"[0-9a-f]{64}")
+HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -136,7 +136,7 @@ def link(prev_hash: str, seq: int, event: NewEvent) -> ChainedEvent:
     The returned ``data`` is the canonical copy that was hashed (plain JSON types), which
     is what the storage layer must persist.
     """
-    if not _HASH.fullmatch(prev_hash):
+    if not HASH_PATTERN.fullmatch(prev_hash):
         raise InvalidInput("prev_hash must be 64 lower-case hex digits")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise InvalidInput(f"seq must be a positive integer, not {seq!r}")
@@ -202,7 +202,7 @@ class ChainVerifier:
     def __init__(self, start_seq: int = 1, start_hash: str = GENESIS_HASH) -> None:
         if isinstance(start_seq, bool) or not isinstance(start_seq, int) or start_seq < 1:
             raise InvalidInput(f"start_seq must be a positive integer, not {start_seq!r}")
-        if not _HASH.fullmatch(start_hash):
+        if not HASH_PATTERN.fullmatch(start_hash):
             raise InvalidInput("start_hash must be 64 lower-case hex digits")
         self._start_seq = start_seq
         self._expected_seq = start_seq

@@ -32,13 +32,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from jitgate.audit.chain import canonical_json
+from jitgate.audit.chain import HASH_PATTERN, canonical_json
 from jitgate.audit.events import format_at
 from jitgate.errors import InvalidInput
 
 CHECKPOINT_VERSION = 1
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _SIGNATURE_BYTES = 64
 _FIELDS = frozenset({"v", "seq", "hash", "at", "kid", "signature"})
@@ -84,7 +83,7 @@ class Checkpoint:
 def _check_fields(seq: Any, hash: Any, at: datetime, key_id: Any) -> None:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise InvalidInput(f"checkpoint seq must be a positive integer, not {seq!r}")
-    if not isinstance(hash, str) or not _HASH.fullmatch(hash):
+    if not isinstance(hash, str) or not HASH_PATTERN.fullmatch(hash):
         raise InvalidInput("checkpoint hash must be 64 lower-case hex digits")
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInput("checkpoint time has no timezone")

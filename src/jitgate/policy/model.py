@@ -80,7 +80,3 @@ class Policy:
     rules: tuple[Rule, ...]
     source: str
     digest: str
-
-    def rule(self, name: str) -> Rule | None:
-        """The rule called ``name``, or None."""
-        return next((rule for rule in self.rules if rule.name == name), None)

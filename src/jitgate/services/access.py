@@ -198,9 +198,7 @@ def _pending_locked(tx: Tx, ctx: Context, request_id: str, now: datetime) -> Acc
 def _check_approver(tx: Tx, request: AccessRequest, approver: Principal) -> None:
     if approver.id == request.requester:
         raise Forbidden("you cannot approve or deny your own request", code="self-approval")
-    current = tx.directory.get_principal(approver.id)  # eligibility as of now, not of login
-    if current is None or current.disabled:
-        raise Forbidden("this principal is disabled", code="not-eligible")
+    current = current_principal(tx, approver)  # eligibility as of now, not of login
     problem = approver_eligible(request.decision, current, request.requester)
     if problem is not None:
         raise Forbidden(problem, code="not-eligible")

@@ -68,10 +68,6 @@ def _sqlite_transactions(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest revision (idempotent)."""
     # Alembic loads only when migrating: offline tools (audit verify) start faster.

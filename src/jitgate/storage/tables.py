@@ -164,9 +164,7 @@ signing_keys = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column(
-        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    ),
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
     Column("at", UTCDateTime, nullable=False),
     Column("type", String(64), nullable=False),
     Column("actor", String(64), nullable=True),
@@ -194,9 +192,7 @@ audit_head = Table(
 audit_checkpoints = Table(
     "audit_checkpoints",
     metadata,
-    Column(
-        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    ),
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
     Column("hash", String(64), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("kid", String(64), nullable=False),
