@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from jitgate.audit.events import NewEvent
@@ -73,13 +74,19 @@ class AuditWriter:
             self._thread.join(timeout)
 
     def _take_batch(self) -> list[NewEvent]:
+        """Wait for one event, then gather more for up to ``flush_interval``: one
+        transaction per batch, not per event, even when events trickle in."""
         try:
             batch = [self._queue.get(timeout=self._interval)]
         except queue.Empty:
             return []
+        deadline = time.monotonic() + self._interval
         while len(batch) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch
