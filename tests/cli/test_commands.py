@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,3 +283,42 @@ def test_audit_verify_sees_through_cleverer_tampering(cli: Cli, ctx: Context, ca
         assert result.exit_code == 1, (args, result.stdout)
         assert result.stderr.startswith("AUDIT LOG TAMPERED: "), result.stderr
         assert expected in result.stderr, (args, result.stderr)
+
+
+def test_an_exported_checkpoint_catches_a_rewrite_of_the_whole_database(
+    cli: Cli, ctx: Context, tmp_path: Path
+) -> None:
+    """Rewrite the tail, then also the recorded head and the stored checkpoints: the log
+    is consistent with itself, and only a checkpoint kept elsewhere shows it is false."""
+    cli.ok("alice", *READ, "--for", "10m", "--wait")
+    exported = tmp_path / "checkpoint.json"
+    exported.write_text(cli.ok("admin", "audit", "checkpoint"))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(ctx.keyring.jwks()))
+    external = ["--checkpoint", str(exported), "--jwks", str(jwks)]
+    url = ctx.store.engine.url.render_as_string(hide_password=False)
+    for args in ([], ["--database", url]):
+        assert "matches the exported checkpoint" in cli.ok(
+            "admin", "audit", "verify", *args, *external
+        )
+
+    with ctx.store.read() as tx:
+        events = list(AuditRepo(tx.connection).stream())
+    n = next(e.seq for e in events if e.type == "request.created")
+    with ctx.store.transaction() as tx:
+        tampering.rewrite_tail(events)(tx, n)
+        rewritten = list(AuditRepo(tx.connection).stream())
+        tx.connection.execute(text("DELETE FROM audit_checkpoints"))
+        tx.connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": rewritten[-1].hash})
+    for args in ([], ["--database", url]):
+        assert cli("admin", "audit", "verify", *args).exit_code == 0  # fooled on its own
+        caught = cli("admin", "audit", "verify", *args, *external)
+        assert caught.exit_code == 1, (args, caught.stdout)
+        assert "exported checkpoint" not in caught.stdout
+        assert "history was rewritten" in caught.stderr, caught.stderr
+
+
+def test_verify_with_a_checkpoint_needs_its_jwks(cli: Cli, tmp_path: Path) -> None:
+    result = cli("admin", "audit", "verify", "--checkpoint", str(tmp_path / "cp.json"))
+    assert result.exit_code == 2
+    assert "--jwks" in one_line_error(result)

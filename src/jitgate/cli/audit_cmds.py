@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jitgate.audit.checkpoint import Checkpoint, check_against_chain, verify_checkpoint_signature
 from jitgate.cli.client import Client, fail
 from jitgate.cli.output import Output, OutputOption, emit_json, table
 from jitgate.errors import JitgateError
+from jitgate.tokens.keys import public_keys_from_jwks
 
 audit_app = typer.Typer(help="The audit trail: list, follow, export and verify.")
 
@@ -145,19 +148,61 @@ def export(
         typer.echo(json.dumps(e, sort_keys=True))
 
 
+@audit_app.command("checkpoint")
+def checkpoint_now(ctx: typer.Context) -> None:
+    """Sign the current head now and print the checkpoint (JSON) to keep elsewhere.
+
+    Keep it with the JWKS (GET /.well-known/jwks.json); later,
+    'jitgate audit verify --checkpoint FILE --jwks FILE' holds the log against it.
+    """
+    result = ctx.obj.call("POST", "/v1/audit/checkpoints")
+    if result["checkpoint"] is None:
+        fail("the audit log is empty: nothing to checkpoint")
+    emit_json(result["checkpoint"])
+
+
 @audit_app.command("verify")
 def verify(
     ctx: typer.Context,
     database: Annotated[
         str | None, typer.Option(help="verify this database (or a copy) directly, no server")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="also hold the log against this exported checkpoint (JSON)"),
+    ] = None,
+    jwks: Annotated[
+        Path | None,
+        typer.Option(help="the JWKS you saved, to check --checkpoint's signature with"),
+    ] = None,
     output: Output = OutputOption,
 ) -> None:
-    """Check the hash chain and the latest signed checkpoint; non-zero exit if tampered."""
+    """Check the hash chain and the latest signed checkpoint; non-zero exit if tampered.
+
+    With --checkpoint and --jwks, the log is also held against a checkpoint kept outside
+    the database, checked with keys kept outside it: a rewrite of the whole database,
+    stored checkpoints included, is caught too.
+    """
+    if (checkpoint is None) != (jwks is None):
+        fail("--checkpoint and --jwks go together", code=2)
+    external = _load_external(checkpoint, jwks) if checkpoint and jwks else None
+    seq = external[0].seq if external else None
     if database is None:
         result = ctx.obj.call("GET", "/v1/audit/verify")
+        hash_at_seq = _server_hash_at(ctx.obj, seq) if seq else None
     else:
-        result = _verify_database(database)
+        result, hash_at_seq = _verify_database(database, seq)
+    if external is not None:
+        cp, keys = external
+        problem = (
+            None
+            if verify_checkpoint_signature(cp, keys)
+            else f"exported checkpoint at seq {cp.seq}: signature does not verify with the JWKS"
+        ) or check_against_chain(cp, hash_at_seq, result["head_seq"])
+        result["external_checkpoint"] = {"seq": cp.seq, "problem": problem}
+        if problem is not None:
+            result["ok"] = False
+            result["problem"] = result.get("problem") or problem
     if output is Output.JSON:
         emit_json(result)
     elif result["ok"]:
@@ -165,6 +210,9 @@ def verify(
             f"audit log intact: {result['checked']} events, head {result['head_seq']} "
             f"{result['head_hash'][:16]}…"
         )
+        if result.get("external_checkpoint"):
+            seq = result["external_checkpoint"]["seq"]
+            typer.echo(f"matches the exported checkpoint at seq {seq}")
         if result.get("checkpoint"):
             typer.echo(f"matches the signed checkpoint at seq {result['checkpoint']['seq']}")
         else:
@@ -181,7 +229,26 @@ def verify(
         raise typer.Exit(1)
 
 
-def _verify_database(url: str) -> dict[str, Any]:
+def _load_external(checkpoint: Path, jwks: Path) -> tuple[Checkpoint, dict[str, Ed25519PublicKey]]:
+    try:
+        cp = Checkpoint.from_dict(json.loads(checkpoint.read_text()))
+        keys = public_keys_from_jwks(json.loads(jwks.read_text()))
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror}")
+    except ValueError as exc:  # not JSON
+        fail(f"not a JSON file: {exc}")
+    except JitgateError as exc:
+        fail(exc.detail)
+    return cp, keys
+
+
+def _server_hash_at(client: Client, seq: int) -> str | None:
+    items = client.call("GET", "/v1/audit", params={"after": seq - 1, "limit": 1})["items"]
+    return str(items[0]["hash"]) if items and items[0]["seq"] == seq else None
+
+
+def _verify_database(url: str, seq: int | None) -> tuple[dict[str, Any], str | None]:
+    """Verify a database directly; also the hash of event ``seq`` when asked."""
     from sqlalchemy.engine import URL, make_url  # noqa: PLC0415
     from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
 
@@ -201,6 +268,8 @@ def _verify_database(url: str) -> dict[str, Any]:
     try:
         store = Store.open(url, migrate_schema=False)
         result = verify_store(store, stored_public_keys(store)).as_dict()
+        with store.read() as tx:
+            hash_at_seq = tx.audit.hash_at(seq) if seq else None
         store.close()
     except JitgateError as exc:
         fail(exc.detail)
@@ -208,7 +277,7 @@ def _verify_database(url: str) -> dict[str, Any]:
         cause = getattr(exc, "orig", None) or exc  # the driver's error, without SQL
         first = (str(cause).strip().splitlines() or [""])[0]
         fail(f"cannot read the audit log from {shown}: {type(cause).__name__}: {first}")
-    return result
+    return result, hash_at_seq
 
 
 def register(app: typer.Typer) -> None:

@@ -143,6 +143,11 @@ def verify(ctx: Context, actor: Principal) -> Verification:
     return verify_store(ctx.store, stored_public_keys(ctx.store))
 
 
+def latest_checkpoint(ctx: Context) -> Checkpoint | None:
+    with ctx.store.read() as tx:
+        return tx.audit.latest_checkpoint()
+
+
 def checkpoint(ctx: Context, actor: str = "system") -> Checkpoint | None:
     """Sign the current head (if it moved since the last checkpoint) and store it.
 

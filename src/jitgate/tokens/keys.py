@@ -17,12 +17,33 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from jitgate.errors import InvalidInput
 from jitgate.secrets import SecretBox
 from jitgate.storage.directory_repo import StoredKey
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def public_keys_from_jwks(doc: Any) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 keys of a JWKS document (as ``/.well-known/jwks.json`` serves it)."""
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list):
+        raise InvalidInput("not a JWKS document: no 'keys' list")
+    found: dict[str, Ed25519PublicKey] = {}
+    for key in keys:
+        if not isinstance(key, dict) or key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
+            continue
+        kid, x = key.get("kid"), key.get("x")
+        if not isinstance(kid, str) or not isinstance(x, str):
+            raise InvalidInput("a JWKS key lacks 'kid' or 'x'")
+        try:
+            raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+            found[kid] = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"JWKS key {kid!r} is not an Ed25519 public key") from exc
+    return found
 
 
 def _context(kid: str) -> str:
