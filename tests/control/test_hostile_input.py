@@ -170,6 +170,8 @@ CASES = [
     bad("api-bad-name", "admin", ADD_API, 422, json=api(name="Pay Ments")),
     bad("api-path-name", "admin", ADD_API, 422, json=api(name="../etc")),
     bad("api-reserved-name", "admin", ADD_API, 422, json=api(name="healthz")),
+    bad("principal-named-system", "admin", ADD_PRINCIPAL, 422, json={"id": "system"}),
+    bad("principal-named-policy", "admin", ADD_PRINCIPAL, 422, json={"id": "policy"}),
     bad("api-duplicate", "admin", ADD_API, 409, "api-exists", json=api(name="demo")),
     bad("api-bad-kind", "admin", ADD_API, 422, json=api(injection={"kind": "cookie"})),
     bad("api-host-header", "admin", ADD_API, 422, json=api(injection={"name": "Host"})),

@@ -24,6 +24,8 @@ from jitgate.services.context import Context, new_id, require_admin
 TOKEN_PREFIX = "jgp_"  # noqa: S105 - a prefix, not a secret
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+# Actors jitgate itself writes into the audit log.
+RESERVED_PRINCIPAL_IDS = frozenset({"system", "policy"})
 # Paths the gateway answers itself, so they cannot be API names (the first path segment).
 RESERVED_API_NAMES = frozenset({"healthz", "readyz", "metrics", "authz"})
 _RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}
@@ -67,6 +69,10 @@ def create_principal(
     if actor is not None:
         require_admin(actor.is_admin, "create principals")
     check_slug(principal_id, "principal id")
+    if principal_id in RESERVED_PRINCIPAL_IDS:
+        raise InvalidInput(
+            f"{principal_id!r} names jitgate itself in the audit log; choose another id"
+        )
     if len(display_name) > 200:
         raise InvalidInput("the display name is longer than 200 characters")
     group_set = frozenset(check_slug(g, "group") for g in groups or [])
