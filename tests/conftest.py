@@ -21,6 +21,7 @@ from sqlalchemy import text
 from jitgate.audit.events import NewEvent
 from jitgate.clock import FrozenClock
 from jitgate.policy import DEMO_POLICY_PATH, load_policy
+from jitgate.policy.model import Policy
 from jitgate.secrets import SecretBox
 from jitgate.services.bootstrap import ensure_keyring
 from jitgate.services.context import Context
@@ -130,17 +131,22 @@ def box() -> SecretBox:
     return SecretBox(secrets.token_bytes(32))
 
 
-@pytest.fixture
-def ctx(store: Store, clock: FrozenClock, box: SecretBox) -> Context:
-    """A service context on the demo policy, with a frozen clock and recording feed."""
+def make_context(store: Store, clock: FrozenClock, box: SecretBox, policy: Policy) -> Context:
+    """A service context for tests: in-memory audit sink, recording feed."""
     return Context(
         store=store,
         clock=clock,
         box=box,
         issuer="http://jitgate.test",
         gateway_url="http://gateway.test",
-        policy=load_policy(DEMO_POLICY_PATH),
+        policy=policy,
         keyring=ensure_keyring(store, box, clock),
         audit=ListSink(),
         feed=RecordingFeed(),
     )
+
+
+@pytest.fixture
+def ctx(store: Store, clock: FrozenClock, box: SecretBox) -> Context:
+    """A service context on the demo policy, with a frozen clock and recording feed."""
+    return make_context(store, clock, box, load_policy(DEMO_POLICY_PATH))

@@ -60,10 +60,9 @@ from jitgate.policy import Policy, parse_policy
 from jitgate.problems import PROBLEM_CONTENT_TYPE
 from jitgate.secrets import Secret, SecretBox
 from jitgate.services import access, directory, grants
-from jitgate.services.bootstrap import ensure_keyring
 from jitgate.services.context import Context
 from jitgate.storage.store import Store
-from tests.conftest import ListSink, RecordingFeed, _truncate
+from tests.conftest import ListSink, _truncate, make_context
 
 # Every engineer may get any scope on any API at once: the gateway tests are about
 # enforcing grants, not about deciding them.
@@ -105,17 +104,7 @@ def _test_policy() -> Policy:
 
 
 def _context(store: Store, clock: FrozenClock, box: SecretBox) -> Context:
-    return Context(
-        store=store,
-        clock=clock,
-        box=box,
-        issuer="http://jitgate.test",
-        gateway_url="http://gateway.test",
-        policy=_test_policy(),
-        keyring=ensure_keyring(store, box, clock),
-        audit=ListSink(),
-        feed=RecordingFeed(),
-    )
+    return make_context(store, clock, box, _test_policy())
 
 
 PRINCIPALS: dict[str, dict[str, Any]] = {

@@ -117,6 +117,19 @@ jitgate --profile admin audit verify
     )
 
 
+def _run(config: Path | None, **roles: bool) -> None:
+    """Start servers; every start-up problem is one line and exit code 2."""
+    from jitgate import runner  # noqa: PLC0415 - servers load only for the commands that run them
+
+    settings = _settings(config)
+    try:
+        runner.run(settings, on_ready=_walkthrough, **roles)
+    except JitgateError as exc:
+        fail(exc.detail, code=2)
+    except OSError as exc:
+        fail(f"cannot start: {exc}", code=2)
+
+
 @app.command()
 def up(
     config: ConfigOption = None,
@@ -125,39 +138,19 @@ def up(
     ] = False,
 ) -> None:
     """Start the control plane and the gateway in one process (embedded default: SQLite)."""
-    from jitgate import runner  # noqa: PLC0415 - servers load only for the commands that run them
-
-    settings = _settings(config)
-    try:
-        runner.run(settings, demo=demo, on_ready=_walkthrough)
-    except JitgateError as exc:
-        fail(exc.detail, code=2)
-    except OSError as exc:
-        fail(f"cannot start: {exc}", code=2)
+    _run(config, demo=demo)
 
 
 @serve_app.command("control")
 def serve_control(config: ConfigOption = None) -> None:
     """Run the control plane only."""
-    from jitgate import runner  # noqa: PLC0415 - as above
-
-    settings = _settings(config)
-    try:
-        runner.run(settings, gateway=False, on_ready=_walkthrough)
-    except (JitgateError, OSError) as exc:
-        fail(str(exc), code=2)
+    _run(config, gateway=False)
 
 
 @serve_app.command("gateway")
 def serve_gateway(config: ConfigOption = None) -> None:
     """Run the gateway only."""
-    from jitgate import runner  # noqa: PLC0415 - as above
-
-    settings = _settings(config)
-    try:
-        runner.run(settings, control=False, on_ready=_walkthrough)
-    except (JitgateError, OSError) as exc:
-        fail(str(exc), code=2)
+    _run(config, control=False)
 
 
 def _token_from_file(path: Path, key: str | None) -> str:
