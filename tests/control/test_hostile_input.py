@@ -17,9 +17,6 @@ JSON = {"Content-Type": "application/json"}
 REQUEST = {"api": "demo", "scopes": ["GET /v1/**"], "duration": "10m", "reason": "debug"}
 API = {"name": "payments", "base_url": "https://api.example.com", "secret": "sk_test_123"}
 
-# Known bugs outside the control plane; strict, so that the fix flips them to a failure.
-KNOWN_BUGS: dict[str, str] = {}
-
 
 def req(**changes: Any) -> dict[str, Any]:
     return {**REQUEST, **changes}
@@ -34,8 +31,7 @@ def bad(
 ) -> Any:
     """One case: ``who`` sends ``target`` ("METHOD /path") with ``kwargs`` -> ``status``."""
     method, _, path = target.partition(" ")
-    marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case])] if case in KNOWN_BUGS else []
-    return pytest.param(who, method, path, kwargs, status, code, id=case, marks=marks)
+    return pytest.param(who, method, path, kwargs, status, code, id=case)
 
 
 def nested(depth: int) -> str:
