@@ -43,7 +43,7 @@ def test_two_authorization_headers_are_ambiguous_in_any_multidict(
 ) -> None:
     result = bearer_token(headers)
     assert isinstance(result, Deny)
-    assert (result.status, result.reason) == (400, "token-ambiguous")
+    assert (result.status, result.reason) == (401, "token-ambiguous")
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,7 @@ def bearer_token(headers: CIMultiDictProxy[str] | Mapping[str, str]) -> str | De
     if not values:
         return Deny(401, "token-missing", "send the grant token as 'Authorization: Bearer …'")
     if len(values) > 1:
-        return Deny(400, "token-ambiguous", "send exactly one Authorization header")
+        return Deny(401, "token-ambiguous", "send exactly one Authorization header")
     scheme, _, token = values[0].partition(" ")
     if scheme.lower() != "bearer" or not token or " " in token.strip():
         return Deny(401, "token-malformed", "the Authorization header must be 'Bearer <token>'")
