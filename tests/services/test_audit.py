@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, insert, text, update
 
-from jitgate.audit.chain import canonical_json, link
+from jitgate.audit.chain import link
 from jitgate.audit.events import ChainedEvent, EventType, NewEvent
 from jitgate.clock import FrozenClock
 from jitgate.errors import Forbidden
@@ -27,7 +27,7 @@ from jitgate.services import audit as audit_service
 from jitgate.services.audit import Verification, verify_store
 from jitgate.services.bootstrap import ensure_keyring
 from jitgate.services.context import Context
-from jitgate.storage.audit_repo import AuditFilter, AuditRepo
+from jitgate.storage.audit_repo import AuditFilter, AuditRepo, event_row
 from jitgate.storage.store import Store
 from jitgate.storage.tables import audit_events, audit_head
 from jitgate.tokens.keys import new_key
@@ -191,22 +191,6 @@ def _linked(prev: ChainedEvent, seq: int, **fields: Any) -> ChainedEvent:
     return link(prev.hash, seq, event)
 
 
-def _row(e: ChainedEvent) -> dict[str, Any]:
-    return {
-        "seq": e.seq,
-        "at": e.at,
-        "type": e.type,
-        "actor": e.actor,
-        "principal": e.principal,
-        "api": e.api,
-        "grant_id": e.grant,
-        "request_id": e.request,
-        "data": canonical_json(dict(e.data)).decode(),
-        "prev_hash": e.prev_hash,
-        "hash": e.hash,
-    }
-
-
 def _insert_in_middle(store: Store) -> None:
     events = _events(store)
     with store.transaction() as tx:
@@ -214,13 +198,13 @@ def _insert_in_middle(store: Store) -> None:
         # Make room after K (two steps: the primary key is checked row by row).
         c.execute(text("UPDATE audit_events SET seq = -seq - 1 WHERE seq > :k"), {"k": K})
         c.execute(text("UPDATE audit_events SET seq = -seq WHERE seq < 0"))
-        c.execute(insert(audit_events).values(**_row(_linked(events[K - 1], K + 1))))
+        c.execute(insert(audit_events).values(**event_row(_linked(events[K - 1], K + 1))))
 
 
 def _append_forged(store: Store, *, good_hash: bool, move_head: bool) -> None:
     events = _events(store)
     forged = _linked(events[-1], events[-1].seq + 1)
-    row = _row(forged)
+    row = event_row(forged)
     if not good_hash:
         row["hash"] = "f" * 64
     with store.transaction() as tx:
@@ -253,7 +237,7 @@ def _rewrite_from(store: Store, start: int, *, move_head: bool) -> None:
             tx.connection.execute(
                 update(audit_events)
                 .where(audit_events.c.seq == e.seq)
-                .values(data=_row(new)["data"], prev_hash=new.prev_hash, hash=new.hash)
+                .values(data=event_row(new)["data"], prev_hash=new.prev_hash, hash=new.hash)
             )
             prev_hash = new.hash
         if move_head:
@@ -367,7 +351,7 @@ def _rewrite_one(store: Store, seq: int) -> None:
     new = _linked(events[seq - 2], seq, type=EventType.REQUEST_APPROVED, data={"comment": "x"})
     with store.transaction() as tx:
         tx.connection.execute(
-            update(audit_events).where(audit_events.c.seq == seq).values(**_row(new))
+            update(audit_events).where(audit_events.c.seq == seq).values(**event_row(new))
         )
 
 

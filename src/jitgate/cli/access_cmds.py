@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from jitgate.cli.client import Client, fail
-from jitgate.cli.output import Output, OutputOption, emit_json, err_console, table
+from jitgate.cli.output import Output, OutputOption, emit_json, err_console, listing
 
 ScopeOption = Annotated[
     list[str], typer.Option("--scope", "-s", help="'METHODS /path/pattern' (repeatable)")
@@ -169,10 +169,9 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 - one nested function p
         me = client.call("GET", "/v1/me")["id"] if mine else None
         params = {"status": "pending" if pending else None, "requester": me, "api": api}
         items = client.call("GET", "/v1/requests", params=params)["items"]
-        if output is Output.JSON:
-            emit_json(items)
-            return
-        table(
+        listing(
+            output,
+            items,
             "Requests",
             ["id", "status", "requester", "api", "scopes", "for", "risk", "reason"],
             [
@@ -232,10 +231,9 @@ def register(app: typer.Typer) -> None:  # noqa: PLR0915 - one nested function p
             principal = client.call("GET", "/v1/me")["id"]
         params = {"active": "true" if active else None, "principal": principal, "api": api}
         items = client.call("GET", "/v1/grants", params=params)["items"]
-        if output is Output.JSON:
-            emit_json(items)
-            return
-        table(
+        listing(
+            output,
+            items,
             "Grants",
             ["id", "status", "principal", "api", "scopes", "expires"],
             [

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from jitgate.cli.client import Client, fail
-from jitgate.cli.output import Output, OutputOption, emit_json, table
+from jitgate.cli.output import Output, OutputOption, emit_json, listing
 from jitgate.domain.durations import format_duration, parse_duration
 from jitgate.domain.models import Api, Injection, InjectionKind, Principal, PrincipalKind
 from jitgate.domain.scopes import parse_scope
@@ -71,14 +71,11 @@ def api_add(
 def api_list(ctx: typer.Context, output: Output = OutputOption) -> None:
     """List registered APIs (never their secrets)."""
     items = _client(ctx).call("GET", "/v1/apis")["items"]
-    if output is Output.JSON:
-        emit_json(items)
-        return
     rows = [
         (a["name"], a["base_url"], a["environment"], ", ".join(a["owners"]), a["injection"]["kind"])
         for a in items
     ]
-    table("APIs", ["name", "base_url", "environment", "owners", "injection"], rows)
+    listing(output, items, "APIs", ["name", "base_url", "environment", "owners", "injection"], rows)
 
 
 @api_app.command("rotate-secret")
@@ -122,9 +119,6 @@ def principal_add(
 def principal_list(ctx: typer.Context, output: Output = OutputOption) -> None:
     """List principals."""
     items = _client(ctx).call("GET", "/v1/principals")["items"]
-    if output is Output.JSON:
-        emit_json(items)
-        return
     rows = [
         (
             p["id"],
@@ -135,7 +129,7 @@ def principal_list(ctx: typer.Context, output: Output = OutputOption) -> None:
         )
         for p in items
     ]
-    table("Principals", ["id", "kind", "name", "groups", "admin"], rows)
+    listing(output, items, "Principals", ["id", "kind", "name", "groups", "admin"], rows)
 
 
 @principal_app.command("token")
@@ -162,11 +156,8 @@ def keys_rotate(ctx: typer.Context) -> None:
 def principal_tokens(ctx: typer.Context, principal_id: str, output: Output = OutputOption) -> None:
     """List a principal's tokens (ids and dates; the tokens themselves are never stored)."""
     items = _client(ctx).call("GET", f"/v1/principals/{principal_id}/tokens")["items"]
-    if output is Output.JSON:
-        emit_json(items)
-        return
     rows = [(t["id"], t["label"], t["created_at"], t["expires_at"], t["revoked_at"]) for t in items]
-    table("Tokens", ["id", "label", "created", "expires", "revoked"], rows)
+    listing(output, items, "Tokens", ["id", "label", "created", "expires", "revoked"], rows)
 
 
 @principal_app.command("revoke-token")

@@ -27,6 +27,20 @@ def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+def listing(
+    output: Output,
+    items: Any,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """A listing command's answer: ``items`` as JSON, or ``rows`` as a table."""
+    if output is Output.JSON:
+        emit_json(items)
+    else:
+        table(title, columns, rows)
+
+
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     t = Table(title=title, show_lines=False)
     for index, column in enumerate(columns):

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, RowMapping, insert, select, update
 
@@ -30,6 +31,23 @@ class AuditFilter:
     request: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+def event_row(e: ChainedEvent) -> dict[str, Any]:
+    """The ``audit_events`` row of a chained event (``data`` as canonical JSON text)."""
+    return {
+        "seq": e.seq,
+        "at": e.at,
+        "type": e.type,
+        "actor": e.actor,
+        "principal": e.principal,
+        "api": e.api,
+        "grant_id": e.grant,
+        "request_id": e.request,
+        "data": canonical_json(dict(e.data)).decode(),
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
 
 
 def _event(row: RowMapping) -> ChainedEvent:
@@ -69,22 +87,7 @@ class AuditRepo:
             prev = item.hash
         self._c.execute(
             insert(audit_events),
-            [
-                {
-                    "seq": e.seq,
-                    "at": e.at,
-                    "type": e.type,
-                    "actor": e.actor,
-                    "principal": e.principal,
-                    "api": e.api,
-                    "grant_id": e.grant,
-                    "request_id": e.request,
-                    "data": canonical_json(dict(e.data)).decode(),
-                    "prev_hash": e.prev_hash,
-                    "hash": e.hash,
-                }
-                for e in chained
-            ],
+            [event_row(e) for e in chained],
         )
         self._c.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
         return chained
