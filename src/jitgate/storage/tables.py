@@ -115,7 +115,15 @@ access_requests = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("decided_at", UTCDateTime, nullable=True),
     Column("grant_id", String(32), nullable=True),
+    # What the approvers settled on: narrower than the request, or null for "as asked".
+    Column("approved_scopes", JSON, nullable=True),
+    Column("approved_duration_seconds", Integer, nullable=True),
+    Column("extends_grant", String(32), nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("idempotency_hash", String(64), nullable=True),
     Index("ix_access_requests_status_created", "status", "created_at"),
+    Index("ix_access_requests_requester_created", "requester", "created_at"),
+    UniqueConstraint("requester", "idempotency_key", name="uq_access_requests_idempotency"),
 )
 
 approvals = Table(
@@ -127,6 +135,8 @@ approvals = Table(
     Column("verdict", String(16), nullable=False),
     Column("comment", Text, nullable=False),
     Column("at", UTCDateTime, nullable=False),
+    # The hash of the request's terms the approver was shown; a later change voids the vote.
+    Column("terms_hash", String(64), nullable=True),
     UniqueConstraint("request_id", "approver", name="uq_approvals_request_approver"),
 )
 
@@ -146,6 +156,10 @@ grants = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     Column("ended_by", String(64), nullable=True),
     Column("end_reason", Text, nullable=True),
+    Column("extends", String(32), nullable=True),
+    Column("needs_review", Boolean, nullable=False, default=False),
+    Column("reviewed_by", String(64), nullable=True),
+    Column("reviewed_at", UTCDateTime, nullable=True),
     Index("ix_grants_status_expires", "status", "expires_at"),
     Index("ix_grants_ended_at", "ended_at"),
 )
@@ -197,4 +211,24 @@ audit_checkpoints = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("kid", String(64), nullable=False),
     Column("signature", String(200), nullable=False),
+)
+
+# Notifications to deliver (webhooks, Slack), written in the transaction of the change they
+# announce, so that nothing is lost on a crash; a worker delivers them with retries.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("priority", String(16), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index("ix_notifications_status_next", "status", "next_attempt_at"),
 )
