@@ -18,13 +18,16 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jitgate.domain.durations import parse_duration
 from jitgate.errors import ConfigError, JitgateError
+from jitgate.notify.kinds import is_pattern
 
 
 def _duration(value: Any) -> timedelta:
@@ -47,10 +50,25 @@ def _listen(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _event_pattern(value: str) -> str:
+    if not is_pattern(value):
+        raise ValueError(f"{value!r} is not a notification type or a prefix such as 'request.*'")
+    return value
+
+
 MAX_CLOCK_SKEW = timedelta(seconds=5)
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 DurationOrZero = Annotated[timedelta, BeforeValidator(_duration_or_zero)]
 Listen = Annotated[str, AfterValidator(_listen)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+EventPattern = Annotated[str, AfterValidator(_event_pattern)]
 
 
 class _Section(BaseModel):
@@ -98,6 +116,41 @@ class DemoSettings(_Section):
     upstream_listen: Listen = "127.0.0.1:8702"
 
 
+class WebhookSettings(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    url: HttpUrl
+    secret: SecretStr = Field(min_length=16)
+    events: list[EventPattern] = ["*"]  # notification types, "request.*" or "*"
+
+
+class SlackSettings(_Section):
+    bot_token: SecretStr
+    signing_secret: SecretStr
+    api_url: HttpUrl = "https://slack.com/api"
+    default_channel: str | None = Field(default=None, min_length=1, max_length=80)
+
+
+class NotificationSettings(_Section):
+    webhooks: list[WebhookSettings] = []
+    slack: SlackSettings | None = None
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    backoff: Duration = timedelta(seconds=10)  # the first retry's delay; doubles each time
+    max_backoff: Duration = timedelta(hours=1)
+    timeout: Duration = timedelta(seconds=10)  # one delivery attempt, connect to answer
+    expiry_warning: Duration = timedelta(minutes=5)  # grantees are told this long before
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotificationSettings:
+        names = [w.name for w in self.webhooks]
+        if len(names) != len(set(names)):
+            raise ValueError("webhook names must be unique")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhooks) or self.slack is not None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JITGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -113,6 +166,7 @@ class Settings(BaseSettings):
     revocation: RevocationSettings = RevocationSettings()
     audit: AuditSettings = AuditSettings()
     demo: DemoSettings = DemoSettings()
+    notifications: NotificationSettings = NotificationSettings()
     issuer: str | None = None
     log_level: str = "info"
     config: Path | None = None  # the file these settings came from (JITGATE_CONFIG)

@@ -2,8 +2,10 @@
 
 Everything runs on one uvloop event loop: the control plane under uvicorn, the gateway
 as an aiohttp server, the demo upstream, and the periodic jobs (grant and pending
-expiry, audit checkpoints, the gateway's resync). The blocking database work of those
-jobs runs in worker threads.
+expiry, audit checkpoints, notification delivery and expiry warnings, the gateway's
+resync). The blocking database work of those jobs runs in worker threads. Where the
+control plane runs, SIGHUP and a change of the policy file reload the policy
+(:mod:`jitgate.services.policy`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from jitgate.demo.fixture import set_up_demo
 from jitgate.demo.upstream import create_upstream
 from jitgate.gateway.app import create_gateway_server
 from jitgate.services import access, audit, grants
+from jitgate.services.context import Context
+from jitgate.services.policy import PolicyWatcher, Trigger, reload_in_background
 from jitgate.wiring import Runtime, build
 
 log = logging.getLogger(__name__)
@@ -143,8 +147,13 @@ async def _run(
                     lambda: audit.checkpoint(ctx),
                     "checkpoint",
                 ),
+                *(rt.notifier.jobs() if rt.notifier is not None else ()),
             ]
         tasks.extend(asyncio.create_task(_every(s, j, n)) for s, j, n in jobs)
+        if control and rt.ctx.policy_file is not None:
+            watcher = PolicyWatcher(rt.ctx, rt.ctx.policy_file)
+            tasks.append(asyncio.create_task(_every(1.0, watcher.poll, "policy-watch")))
+        _reload_on_sighup(rt.ctx if control else None, tasks)
         if control:
             host, port = _split(settings.control.listen)
             config = uvicorn.Config(
@@ -177,6 +186,26 @@ async def _run(
             await runner.cleanup()
         if rt.proxy is not None:
             await rt.proxy.close()
+
+
+def _reload_on_sighup(ctx: Context | None, tasks: list[asyncio.Task[None]]) -> None:
+    """SIGHUP reloads the policy file, off the event loop. A gateway-only process has no
+    policy: it logs the signal rather than let SIGHUP's default action end it."""
+
+    async def reload(ctx: Context) -> None:
+        try:
+            await asyncio.to_thread(reload_in_background, ctx, Trigger.SIGNAL)
+        except Exception:
+            log.exception("SIGHUP: the policy reload failed; the policy in force stays")
+
+    def on_signal() -> None:
+        if ctx is None:
+            log.info("SIGHUP: this process serves no control plane, so has no policy to reload")
+            return
+        log.info("SIGHUP: reloading the policy")
+        tasks.append(asyncio.create_task(reload(ctx)))
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
 
 
 async def _wait_for_signal() -> None:

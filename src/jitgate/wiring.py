@@ -17,11 +17,13 @@ from jitgate.errors import ConfigError
 from jitgate.gateway.enforce import Enforcer
 from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.view import GatewayView
+from jitgate.notify.notifier import Notifier
 from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy
 from jitgate.policy.model import Policy
 from jitgate.secrets import Secret, SecretBox, load_master_key
-from jitgate.services.bootstrap import ensure_admin, ensure_keyring, record_policy
+from jitgate.services.bootstrap import ensure_admin, ensure_keyring
 from jitgate.services.context import Context, NullFeed
+from jitgate.services.policy import record_policy
 from jitgate.storage.database import normalise_url
 from jitgate.storage.store import Store
 
@@ -57,6 +59,7 @@ class Runtime:
     writer: AuditWriter
     view: GatewayView | None
     proxy: Proxy | None
+    notifier: Notifier | None = None
 
     def close(self) -> None:
         self.writer.close()
@@ -76,6 +79,10 @@ def build(
     box = SecretBox(load_master_key(env_key, settings.master_key_path))
     policy = choose_policy(settings, demo=demo)
     store = open_store(settings.database)
+    notifier = None
+    if settings.notifications.enabled:
+        notifier = Notifier(settings.notifications, store, clock, control_url=settings.control.url)
+        store.router = notifier.router  # before anything is audited: nothing goes unannounced
     ring = ensure_keyring(store, box, clock)
     writer = AuditWriter(
         _appender(store),
@@ -100,6 +107,8 @@ def build(
         keyring=ring,
         audit=writer,
         feed=view if view is not None else NullFeed(),
+        slack_signing_secret=_slack_signing_secret(settings),
+        policy_file=settings.policy_file,
     )
     if view is not None:
         enforcer = Enforcer(
@@ -117,7 +126,12 @@ def build(
         )
     record_policy(ctx, policy)
     ensure_admin(ctx, settings.state_dir)
-    return Runtime(settings, store, ctx, writer, view, proxy)
+    return Runtime(settings, store, ctx, writer, view, proxy, notifier)
+
+
+def _slack_signing_secret(settings: Settings) -> Secret | None:
+    slack = settings.notifications.slack
+    return Secret(slack.signing_secret.get_secret_value()) if slack else None
 
 
 def _appender(store: Store) -> Append:

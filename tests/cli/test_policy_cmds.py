@@ -81,7 +81,7 @@ def test_explain_offline_shows_the_approvals_a_write_needs() -> None:
     )
     assert code == 0
     assert "decision: needs_approval (rule demo-writes-need-approval)" in out
-    assert "approvals: 1 from approvers" in out
+    assert "approval step approval: 1 from approvers" in out
     assert "risk: " in out
 
 

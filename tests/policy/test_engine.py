@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -11,7 +12,7 @@ from jitgate.domain.scopes import parse_scopes
 from jitgate.policy import (
     DEMO_POLICY_PATH,
     Subject,
-    approver_eligible,
+    eligible_steps,
     evaluate,
     load_policy,
     parse_policy,
@@ -63,9 +64,12 @@ def _subject(
     pid: str, groups: tuple[str, ...], api: str, scopes: list[str], minutes: int
 ) -> Subject:
     return Subject(
-        _principal(pid, *groups), _api(api), parse_scopes(scopes), timedelta(minutes=minutes)
+        _principal(pid, *groups), _api(api), parse_scopes(scopes), timedelta(minutes=minutes), NOON
     )
 
+
+NOON = datetime(2026, 1, 5, 12, tzinfo=UTC)  # a Monday, within business hours
+UTC_ZONE = ZoneInfo("UTC")
 
 PEOPLE = {
     "alice": ("engineering",),
@@ -168,7 +172,7 @@ def test_needs_approval_carries_count_and_groups() -> None:
     assert decision.approvals_required == 2
     assert decision.approver_groups == frozenset({"payments-owners", "security"})
     assert decision.reasons == (
-        "rule eng-writes needs 2 approvals from groups [payments-owners, security]",
+        "rule eng-writes needs approval: 2 from groups [payments-owners, security]",
     )
     assert decision.risk.score > 0
 
@@ -186,7 +190,9 @@ def test_too_long_names_the_limit_and_is_never_shortened() -> None:
     ("subject", "reason"),
     [
         (
-            Subject(_principal("alice", "engineering"), _api("payments"), (), timedelta(minutes=5)),
+            Subject(
+                _principal("alice", "engineering"), _api("payments"), (), timedelta(minutes=5), NOON
+            ),
             "the request names no scope",
         ),
         (
@@ -195,6 +201,7 @@ def test_too_long_names_the_limit_and_is_never_shortened() -> None:
                 _api("payments"),
                 parse_scopes(["GET /v1/charges/c"]),
                 timedelta(minutes=5),
+                NOON,
             ),
             "principal alice is disabled",
         ),
@@ -204,6 +211,7 @@ def test_too_long_names_the_limit_and_is_never_shortened() -> None:
                 _api("payments"),
                 parse_scopes(["GET /v1/charges/c"]),
                 timedelta(0),
+                NOON,
             ),
             "the requested duration must be positive",
         ),
@@ -233,9 +241,8 @@ def test_demo_policy(scopes: list[str], minutes: int, outcome: Outcome) -> None:
     assert decision.outcome is outcome, decision.reasons
 
 
-DECISION = evaluate(
-    POLICY, _subject("alice", ("engineering",), "payments", ["PUT /v1/x"], 60)
-).decision
+ALICE_PUT = _subject("alice", ("engineering",), "payments", ["PUT /v1/x"], 60)
+DECISION = evaluate(POLICY, ALICE_PUT).decision
 
 
 @pytest.mark.parametrize(
@@ -249,16 +256,19 @@ DECISION = evaluate(
         ),
         (
             _principal("dave", "engineering"),
-            "approver dave is not in groups [payments-owners, security]",
+            "approver dave is not eligible: step approval: not groups [payments-owners, security]",
         ),
         (_principal("erin", "security", disabled=True), "approver erin is disabled"),
     ],
 )
 def test_approver_eligible(approver: Principal, reason: str | None) -> None:
-    assert approver_eligible(DECISION, approver, "alice") == reason
+    steps, why = eligible_steps(DECISION, approver, ALICE_PUT, UTC_ZONE)
+    assert why == reason
+    assert steps == (frozenset({0}) if reason is None else frozenset())
 
 
 def test_nobody_approves_a_decision_that_needs_no_approval() -> None:
-    decided = evaluate(POLICY, _subject("olga", (), "payments", ["GET /v1/x"], 5)).decision
-    reason = approver_eligible(decided, _principal("bob", "security"), "olga")
-    assert reason == "the request does not await approval (policy outcome: approve)"
+    olga = _subject("olga", (), "payments", ["GET /v1/x"], 5)
+    decided = evaluate(POLICY, olga).decision
+    _, reason = eligible_steps(decided, _principal("bob", "security"), olga, UTC_ZONE)
+    assert reason == "the request does not await approval (approve)"

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from jitgate.domain.models import ApprovalStep
 from jitgate.domain.scopes import parse_scope
 from jitgate.errors import ConfigError
 from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy
-from jitgate.policy.model import AUTO, Approval, Requesters
+from jitgate.policy.model import AUTO, Requesters
 
 SPEC_LIKE = """\
 version: 1
@@ -60,7 +61,9 @@ def test_demo_policy_is_the_spec_demo() -> None:
     assert writes.requesters == Requesters(groups=frozenset({"engineering"}))
     assert writes.scopes == (parse_scope("POST,PUT,PATCH,DELETE /**"),)
     assert writes.max_duration == timedelta(hours=1)
-    assert writes.approval == Approval(auto=False, count=1, from_groups=frozenset({"approvers"}))
+    assert [step.spec for step in writes.approval.steps] == [
+        ApprovalStep("approval", 1, frozenset({"approvers"}))
+    ]
     assert policy.defaults.pending_ttl == timedelta(hours=24)
 
 
@@ -75,7 +78,9 @@ def test_spec_like_policy_loads_in_order_with_lines() -> None:
     assert first.description == "Engineers read payments and billing on their own."
     assert second.requesters.principals == frozenset({"dana"})
     assert second.max_duration == timedelta(minutes=30)
-    assert second.approval == Approval(False, 2, frozenset({"payments-owners"}))
+    assert [step.spec for step in second.approval.steps] == [
+        ApprovalStep("approval", 2, frozenset({"payments-owners"}))
+    ]
     assert third.apis == frozenset({"*"})
     assert third.max_duration == timedelta(hours=1)  # from defaults
     assert policy.version == 1
@@ -187,7 +192,7 @@ REJECTED = [
     (
         "approval without groups",
         _with("approval: auto", "approval:\n      count: 1\n      from: {groups: []}"),
-        "p.yaml:9: rules[0].approval.from.groups: list should have at least 1 item",
+        "p.yaml:9: rules[0].approval.from: name at least one group or principal",
     ),
     (
         "count as text",
@@ -202,7 +207,7 @@ REJECTED = [
     (
         "no requesters",
         _with("{groups: [engineering]}", "{groups: []}"),
-        "p.yaml:4: rules[0].requesters: name at least one group or principal",
+        "p.yaml:4: rules[0].requesters: name at least one group, principal or oidc identity",
     ),
     (
         "star mixed",
@@ -210,21 +215,73 @@ REJECTED = [
         "p.yaml:5: rules[0].apis: '*' already means every API",
     ),
     (
-        "when (CEL) not yet",
-        RULE + "    when: 'request.duration <= duration(\"15m\")'\n",
-        "p.yaml:8: rules[0].when: CEL conditions (when:) are not supported yet",
+        "when: syntax error",
+        RULE + "    when: 'request.duration <= '\n",
+        "p.yaml:8: rules[0].when: invalid CEL: at 1:21: Syntax error",
     ),
     (
-        "break glass not yet",
-        _with("approval: auto", "approval: break_glass"),
-        "p.yaml:7: rules[0].approval: break-glass approvals (approval: break_glass) are not "
-        "supported yet",
+        "when: unknown variable",
+        RULE + "    when: 'requets.duration < duration(\"1h\")'\n",
+        "p.yaml:8: rules[0].when: unknown variable 'requets'",
     ),
     (
-        "oidc not yet",
-        _with("{groups: [engineering]}", "{oidc: {issuer: 'https://x'}}"),
-        "p.yaml:4: rules[0].requesters.oidc: OIDC requesters (requesters.oidc) are not "
-        "supported yet",
+        "when: unknown function",
+        RULE + "    when: 'lower(request.reason) == \"x\"'\n",
+        "p.yaml:8: rules[0].when: unknown function 'lower'",
+    ),
+    (
+        "when: not a boolean",
+        RULE + "    when: 'risk.score + 1'\n",
+        "p.yaml:8: rules[0].when: the condition gave 1, not true or false",
+    ),
+    (
+        "when: type error",
+        RULE + "    when: 'risk.score < \"40\"'\n",
+        "p.yaml:8: rules[0].when: no such overload: the operation is not defined",
+    ),
+    (
+        "reviewer variable outside a step",
+        RULE + "    when: 'reviewer.id == \"bob\"'\n",
+        "p.yaml:8: rules[0].when: unknown variable 'reviewer'",
+    ),
+    (
+        "bad reason_pattern",
+        RULE + "    reason_pattern: '[A-Z'\n",
+        "p.yaml:8: rules[0].reason_pattern: invalid regular expression '[A-Z'",
+    ),
+    (
+        "unknown time zone",
+        _with("version: 1\n", "version: 1\ndefaults: {time_zone: Mars/Olympus}\n"),
+        "p.yaml:2: defaults.time_zone: unknown time zone 'Mars/Olympus'",
+    ),
+    (
+        "oidc issuer not https",
+        _with("{groups: [engineering]}", "{oidc: {issuer: 'http://x'}}"),
+        "p.yaml:4: rules[0].requesters.oidc.issuer: string should match pattern",
+    ),
+    (
+        "step without approvers",
+        _with("approval: auto", "approval: {steps: [{count: 1, from: {}}]}"),
+        "p.yaml:7: rules[0].approval.steps[0].from: name at least one group or principal",
+    ),
+    (
+        "duplicate step names",
+        _with(
+            "approval: auto",
+            "approval: {steps: [{name: a, count: 1, from: {groups: [x]}},"
+            " {name: a, count: 1, from: {groups: [y]}}]}",
+        ),
+        "p.yaml:7: rules[0].approval.steps: step names must be unique",
+    ),
+    (
+        "extensions percentage",
+        RULE + "    extensions: {max: 1, min_elapsed: 150%}\n",
+        "p.yaml:8: rules[0].extensions.min_elapsed: expected a percentage such as 50%",
+    ),
+    (
+        "risk weight out of range",
+        _with("version: 1\n", "version: 1\nrisk: {writes: 500}\n"),
+        "p.yaml:2: risk.writes: input should be less than or equal to 100",
     ),
     (
         "version 2",

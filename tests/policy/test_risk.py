@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,6 +13,7 @@ from jitgate.policy.risk import RiskWeights, assess
 ALICE = Principal("alice", PrincipalKind.USER, "Alice", frozenset({"engineering"}))
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
+NOON = datetime(2026, 1, 5, 12, tzinfo=UTC)  # a Monday, within business hours
 
 
 def _api(environment: str) -> Api:
@@ -55,19 +56,28 @@ CASES = [
 def test_factor_table(
     scopes: list[str], environment: str, duration: timedelta, factors: tuple[tuple[str, int], ...]
 ) -> None:
-    risk = assess(ALICE, _api(environment), parse_scopes(scopes), duration)
+    risk = assess(ALICE, _api(environment), parse_scopes(scopes), duration, local_time=NOON)
     assert risk.factors == factors
     assert risk.score == sum(points for _, points in factors)
 
 
 def test_score_is_clamped_to_100() -> None:
     heavy = RiskWeights(writes=80, prod=80)
-    risk = assess(ALICE, _api("prod"), parse_scopes(["POST /x"]), MINUTE, heavy)
+    risk = assess(
+        ALICE, _api("prod"), parse_scopes(["POST /x"]), MINUTE, local_time=NOON, weights=heavy
+    )
     assert risk.score == 100
     assert risk.factors == (("writes", 80), ("prod", 80))
 
 
 def test_weights_are_configurable() -> None:
     weights = RiskWeights(prod=40, prod_environments=frozenset({"prod", "production"}))
-    risk = assess(ALICE, _api("production"), parse_scopes(["GET /x"]), MINUTE, weights)
+    risk = assess(
+        ALICE,
+        _api("production"),
+        parse_scopes(["GET /x"]),
+        MINUTE,
+        local_time=NOON,
+        weights=weights,
+    )
     assert risk.as_dict() == {"score": 40, "factors": [{"name": "prod", "points": 40}]}

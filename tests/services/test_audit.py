@@ -128,7 +128,14 @@ def test_a_full_flow_is_recorded_in_order_and_verifies(
     ]
     assert all(e.principal == "alice" and e.api == "demo" for e in grant_events)
     approved = next(e for e in events if e.type == "request.approved")
-    assert approved.data == {"comment": "go", "approvals": 1, "required": 1}
+    assert approved.data == {
+        "comment": "go",
+        "approvals": 1,
+        "required": 1,
+        "steps": [{"name": "approval", "approvals": 1, "required": 1}],
+        "terms_hash": approved.data["terms_hash"],
+    }
+    assert len(approved.data["terms_hash"]) == 64
     assert approved.request == ids["pending"]
     auto = next(e for e in events if e.grant == ids["read"] and e.type == "grant.issued")
     assert auto.actor == "policy"

@@ -31,6 +31,7 @@ class EventType(StrEnum):
     REQUEST_DECIDED = "request.decided"
     REQUEST_APPROVED = "request.approved"
     REQUEST_DENIED = "request.denied"
+    REQUEST_DENY_VOTED = "request.deny_voted"  # a denial short of the rule's deny_count
     REQUEST_CANCELLED = "request.cancelled"
     REQUEST_EXPIRED = "request.expired"
     GRANT_ISSUED = "grant.issued"
@@ -49,9 +50,11 @@ class EventType(StrEnum):
     API_UPDATED = "api.updated"
     API_SECRET_ROTATED = "api.secret_rotated"  # noqa: S105 - an event name, not a secret
     POLICY_LOADED = "policy.loaded"
+    POLICY_REJECTED = "policy.rejected"
     SIGNING_KEY_CREATED = "signing_key.created"
     AUDIT_CHECKPOINT = "audit.checkpoint"
     SYSTEM_STARTED = "system.started"
+    NOTIFICATION_RETRIED = "notification.retried"
 
 
 def format_at(at: datetime) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,7 @@ SECRET_ENV = "JITGATE_API_SECRET"  # noqa: S105 - the name of a variable, not it
 api_app = typer.Typer(help="Register and manage upstream APIs.", no_args_is_help=True)
 principal_app = typer.Typer(help="Manage principals and their tokens.", no_args_is_help=True)
 keys_app = typer.Typer(help="Token-signing keys.", no_args_is_help=True)
-policy_app = typer.Typer(help="Check and explain policies.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check, explain and reload policies.", no_args_is_help=True)
 
 
 def _client(ctx: typer.Context) -> Client:
@@ -207,9 +208,16 @@ def policy_explain(
         list[str] | None, typer.Option(help="requester group; with --environment, works offline")
     ] = None,
     environment: Annotated[str | None, typer.Option(help="the API's environment label")] = None,
+    reason: Annotated[str, typer.Option(help="the request's reason")] = "explain",
+    ticket: Annotated[str | None, typer.Option(help="the request's ticket reference")] = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="decide as of this time (ISO 8601; default now)")
+    ] = None,
+    denials: Annotated[int, typer.Option(help="the requester's recent denials")] = 0,
     output: Output = OutputOption,
 ) -> None:
-    """Show which rule decides a request under FILE, and why the others did not."""
+    """Show which rule decides a request under FILE, why the others did not, the risk
+    breakdown and the approvals needed."""
     from jitgate.policy import Subject, evaluate, load_policy  # noqa: PLC0415 - as above
 
     try:
@@ -234,6 +242,10 @@ def policy_explain(
         api=Api(api, "http://unused", Injection(InjectionKind.HEADER), environment or "prod"),
         scopes=scopes,
         duration=length,
+        now=datetime.now(UTC) if at is None else at.replace(tzinfo=at.tzinfo or UTC),
+        reason=reason,
+        ticket=ticket,
+        recent_denials=denials,
     )
     evaluation = evaluate(policy, subject)
     decision = evaluation.decision
@@ -259,14 +271,56 @@ def policy_explain(
         typer.echo(f"  reason: {reason}")
     factors = ", ".join(f"{n} +{p}" for n, p in decision.risk.factors) or "none"
     typer.echo(f"  risk: {decision.risk.score} ({factors})")
-    if decision.approvals_required:
+    for step in decision.steps:
+        who = sorted(step.groups) + [f"principal {p}" for p in sorted(step.principals)]
+        condition = f", where {step.when}" if step.when else ""
+        typer.echo(f"  approval step {step.name}: {step.count} from {', '.join(who)}{condition}")
+    if decision.steps and decision.deny_count > 1:
+        typer.echo(f"  denied once {decision.deny_count} eligible people deny")
+
+
+@policy_app.command("reload")
+def policy_reload(ctx: typer.Context, output: Output = OutputOption) -> None:
+    """Make the server load its policy_file again (administrators); a bad file is refused
+    with its file:line errors, and the policy in force stays."""
+    result = _client(ctx).call("POST", "/v1/policy/reload")
+    if output is Output.JSON:
+        emit_json(result)
+    elif result["changed"]:
         typer.echo(
-            f"  approvals: {decision.approvals_required} from "
-            f"{', '.join(sorted(decision.approver_groups))}"
+            f"policy reloaded: digest {result['digest']} (was {result['previous_digest']}), "
+            f"{len(result['rules'])} rule(s)"
         )
+    else:
+        typer.echo(f"policy unchanged: digest {result['digest']}")
+
+
+def notifications_list(
+    ctx: typer.Context,
+    dead: Annotated[bool, typer.Option("--dead", help="only dead letters")] = False,
+    output: Output = OutputOption,
+) -> None:
+    """List notifications, newest first (administrators); retry a dead one with the API."""
+    params = {"status": "dead" if dead else None}
+    items = _client(ctx).call("GET", "/v1/notifications", params=params)["items"]
+    rows = [
+        (
+            n["id"],
+            n["status"],
+            f"{n['channel']}:{n['target']}",
+            n["event_type"],
+            n["priority"],
+            n["attempts"],
+            n["last_error"],
+        )
+        for n in items
+    ]
+    columns = ["id", "status", "to", "event", "priority", "attempts", "last error"]
+    listing(output, items, "Notifications", columns, rows)
 
 
 def register(app: typer.Typer) -> None:
+    app.command("notifications")(notifications_list)
     app.add_typer(api_app, name="api")
     app.add_typer(principal_app, name="principal")
     app.add_typer(policy_app, name="policy")

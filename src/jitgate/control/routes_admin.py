@@ -21,10 +21,10 @@ from jitgate.control.schemas import (
 )
 from jitgate.domain.durations import format_duration
 from jitgate.domain.models import Api, Injection, InjectionKind, PrincipalKind
-from jitgate.policy.model import Approval
 from jitgate.secrets import Secret
 from jitgate.services import audit, directory, grants, keys
 from jitgate.services.context import require_admin
+from jitgate.services.policy import Trigger, reload_policy
 from jitgate.storage.audit_repo import AuditFilter
 
 router = APIRouter(prefix="/v1")
@@ -147,10 +147,6 @@ def enable_principal(principal_id: str, ctx: Ctx, caller: Caller) -> dict[str, A
     return principal_json(directory.set_disabled(ctx, caller, principal_id, disabled=False))
 
 
-def _approval(a: Approval) -> dict[str, Any]:
-    return {"count": a.count, "from": {"groups": sorted(a.from_groups)}}
-
-
 @router.post("/keys/rotate", tags=["keys"])
 def rotate_keys(ctx: Ctx, caller: Caller) -> dict[str, Any]:
     ring = keys.rotate(ctx, caller)
@@ -164,31 +160,27 @@ def read_policy(ctx: Ctx, caller: Caller) -> dict[str, Any]:
         "version": policy.version,
         "source": Path(policy.source).name,  # the file's name, not the server's layout
         "digest": policy.digest,
+        "loaded_at": iso(ctx.policy_loaded_at),
         "defaults": {
             "max_duration": format_duration(policy.defaults.max_duration),
             "pending_ttl": format_duration(policy.defaults.pending_ttl),
         },
-        "rules": [
-            {
-                "name": r.name,
-                "description": r.description,
-                "requesters": {
-                    "groups": sorted(r.requesters.groups),
-                    "principals": sorted(r.requesters.principals),
-                },
-                "apis": sorted(r.apis),
-                "scopes": [str(s) for s in r.scopes],
-                "max_duration": format_duration(r.max_duration),
-                "approval": "auto"
-                if r.approval.auto
-                else {
-                    "count": r.approval.count,
-                    "from": {"groups": sorted(r.approval.from_groups)},
-                },
-                "line": r.line,
-            }
-            for r in policy.rules
-        ],
+        "rules": [r.as_dict() for r in policy.rules],
+    }
+
+
+@router.post("/policy/reload", tags=["policy"])
+def reload_policy_file(ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """Load ``policy_file`` again (administrators). A file that does not load is a 422
+    problem naming file and line, and the policy in force stays."""
+    done = reload_policy(ctx, caller, Trigger.API)
+    return {
+        "digest": done.policy.digest,
+        "previous_digest": done.previous_digest,
+        "changed": done.changed,
+        "source": Path(done.policy.source).name,
+        "loaded_at": iso(done.loaded_at),
+        "rules": [r.name for r in done.policy.rules],
     }
 
 

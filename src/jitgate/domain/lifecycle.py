@@ -7,6 +7,8 @@ a decided request stays decided and nothing silently no-ops.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from datetime import datetime
 
@@ -27,6 +29,28 @@ def close_request(
             f"request {request.id} is already {request.status.value}", code="request-decided"
         )
     return replace(request, status=status, decided_at=at, grant_id=grant_id)
+
+
+def terms_hash(request: AccessRequest) -> str:
+    """SHA-256 of what approving ``request`` now would grant, and of why it was asked.
+
+    An approval records the hash its approver was shown; when the terms change (an
+    approver narrows them), earlier approvals stop counting.
+    """
+    scopes, duration = request.terms
+    terms = {
+        "id": request.id,
+        "requester": request.requester,
+        "api": request.api,
+        "scopes": list(scopes),
+        "duration_seconds": int(duration.total_seconds()),
+        "starts_at": request.starts_at.isoformat() if request.starts_at else None,
+        "reason": request.reason,
+        "ticket": request.ticket,
+        "extends_grant": request.extends_grant,
+    }
+    encoded = json.dumps(terms, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
 
 
 def end_grant(

@@ -90,16 +90,56 @@ class Risk:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalStep:
+    """One step of a human approval: ``count`` distinct principals, each eligible for it.
+
+    Eligible means: in one of ``groups`` or listed in ``principals``, and, when ``when``
+    (a CEL reviewer condition) is set, that condition holds for them.
+    """
+
+    name: str
+    count: int
+    groups: frozenset[str] = frozenset()
+    principals: frozenset[str] = frozenset()
+    when: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "count": self.count,
+            "groups": sorted(self.groups),
+            "principals": sorted(self.principals),
+            "when": self.when,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """What the policy says about one request, with every reason."""
+    """What the policy says about one request, with every reason.
+
+    A request that needs approval carries its whole approval requirement here (steps,
+    deny threshold, pending time-to-live), so a later policy reload never changes what an
+    already filed request needs.
+    """
 
     outcome: Outcome
     rule: str | None
     reasons: tuple[str, ...]
     risk: Risk
-    approvals_required: int = 0
-    approver_groups: frozenset[str] = frozenset()
     policy_version: str = ""
+    steps: tuple[ApprovalStep, ...] = ()
+    deny_count: int = 1
+    pending_ttl: timedelta | None = None
+    break_glass: bool = False
+    notify: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def approvals_required(self) -> int:
+        return sum(step.count for step in self.steps)
+
+    @property
+    def approver_groups(self) -> frozenset[str]:
+        return frozenset().union(*(step.groups for step in self.steps))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +149,13 @@ class Decision:
             "risk": self.risk.as_dict(),
             "approvals_required": self.approvals_required,
             "approver_groups": sorted(self.approver_groups),
+            "steps": [step.as_dict() for step in self.steps],
+            "deny_count": self.deny_count,
+            "pending_ttl_seconds": (
+                None if self.pending_ttl is None else int(self.pending_ttl.total_seconds())
+            ),
+            "break_glass": self.break_glass,
+            "notify": dict(self.notify),
             "policy_version": self.policy_version,
         }
 
@@ -128,6 +175,14 @@ class AccessRequest:
     starts_at: datetime | None = None
     decided_at: datetime | None = None
     grant_id: str | None = None
+    approved_scopes: tuple[str, ...] | None = None
+    approved_duration: timedelta | None = None
+    extends_grant: str | None = None
+
+    @property
+    def terms(self) -> tuple[tuple[str, ...], timedelta]:
+        """What approving now would grant: the request, as narrowed by approvers so far."""
+        return (self.approved_scopes or self.scopes, self.approved_duration or self.duration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +200,10 @@ class Grant:
     ended_at: datetime | None = None
     ended_by: str | None = None
     end_reason: str | None = None
+    extends: str | None = None
+    needs_review: bool = False
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
 
     def is_active_at(self, now: datetime) -> bool:
         return self.status is GrantStatus.ACTIVE and self.not_before <= now < self.expires_at

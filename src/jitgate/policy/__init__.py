@@ -14,8 +14,9 @@ from jitgate.policy.engine import (
     Evaluation,
     RuleTrace,
     Subject,
-    approver_eligible,
+    eligible_steps,
     evaluate,
+    steps_met,
 )
 from jitgate.policy.loader import load_policy, parse_policy
 from jitgate.policy.model import Approval, Defaults, Policy, Requesters, Rule
@@ -32,8 +33,9 @@ __all__ = [
     "Rule",
     "RuleTrace",
     "Subject",
-    "approver_eligible",
+    "eligible_steps",
     "evaluate",
     "load_policy",
     "parse_policy",
+    "steps_met",
 ]

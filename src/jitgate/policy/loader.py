@@ -9,9 +9,9 @@ Guarantees:
   at the first.
 * Nothing is guessed or ignored: unknown keys, duplicate keys, duplicate rule names, YAML
   merge keys, custom tags and values of the wrong type (no ``"2"`` for ``2``) are errors.
-* Features the schema reserves but this version cannot enforce (``when:`` CEL conditions,
-  ``approval: break_glass``, ``requesters.oidc``) are refused, never skipped: a skipped
-  condition would grant more than the author wrote.
+* Every CEL expression (``when:`` of a rule or an approval step) is compiled here, so a
+  typo, an unknown variable or function, or a non-boolean result is a load error with
+  its line, never a surprise at request time.
 
 The file is composed with PyYAML (keeping each node's line), turned into plain data with a
 map from key path to line, validated by pydantic models, and each error's ``loc`` is mapped
@@ -24,7 +24,8 @@ import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -42,9 +43,31 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jitgate.domain.durations import parse_duration
+from jitgate.domain.models import ApprovalStep
 from jitgate.domain.scopes import Scope, parse_scope
 from jitgate.errors import ConfigError, InvalidInput
-from jitgate.policy.model import ANY_API, AUTO, Approval, Defaults, Policy, Requesters, Rule
+from jitgate.policy.conditions import (
+    REVIEWER_VARIABLES,
+    RULE_VARIABLES,
+    Condition,
+    compile_condition,
+)
+from jitgate.policy.model import (
+    ANY_API,
+    AUTO,
+    BREAK_GLASS,
+    NO_EXTENSIONS,
+    Approval,
+    Defaults,
+    Extensions,
+    Mode,
+    Oidc,
+    Policy,
+    Requesters,
+    Rule,
+    Step,
+)
+from jitgate.policy.risk import RiskWeights
 
 KeyPath = tuple[str | int, ...]
 
@@ -87,31 +110,75 @@ def _parse(text: str, source: str, digest: str) -> Policy:
             problem = f"duplicate rule name {rule.name!r} (first at line {first_seen[rule.name]})"
             raise _fail(source, lines[where], where, problem)
         first_seen[rule.name] = lines[where]
-    defaults = Defaults(document.defaults.max_duration, document.defaults.pending_ttl)
+    defaults = Defaults(
+        document.defaults.max_duration,
+        document.defaults.pending_ttl,
+        document.defaults.time_zone,
+    )
     rules = tuple(
         _rule(rule, lines[("rules", index)], defaults) for index, rule in enumerate(document.rules)
     )
-    return Policy(document.version, defaults, rules, source, digest)
+    risk = document.risk.weights() if document.risk is not None else RiskWeights()
+    return Policy(document.version, defaults, rules, source, digest, risk)
 
 
 def _rule(rule: _RuleIn, line: int, defaults: Defaults) -> Rule:
-    approval = (
-        AUTO
-        if isinstance(rule.approval, str)
-        else Approval(False, rule.approval.count, frozenset(rule.approval.from_.groups))
-    )
+    oidc = rule.requesters.oidc
     return Rule(
         name=rule.name,
         description=rule.description,
         requesters=Requesters(
             groups=frozenset(rule.requesters.groups),
             principals=frozenset(rule.requesters.principals),
+            oidc=None if oidc is None else Oidc(oidc.issuer, tuple(sorted(oidc.claims.items()))),
         ),
         apis=frozenset(rule.apis),
         scopes=tuple(rule.scopes),
         max_duration=defaults.max_duration if rule.max_duration is None else rule.max_duration,
-        approval=approval,
+        approval=_approval(rule.approval),
         line=line,
+        when=rule.when,
+        reason_pattern=rule.reason_pattern,
+        pending_ttl=rule.pending_ttl,
+        extensions=(
+            NO_EXTENSIONS
+            if rule.extensions is None
+            else Extensions(
+                rule.extensions.max,
+                rule.extensions.min_elapsed,
+                rule.extensions.max_total,
+            )
+        ),
+        notify={} if rule.notify is None else {"slack_channel": rule.notify.slack_channel},
+    )
+
+
+def _approval(approval: str | _ApproversIn | _StepsIn) -> Approval:
+    if approval == "auto":
+        return AUTO
+    if approval == "break_glass":
+        return BREAK_GLASS
+    assert isinstance(approval, _ApproversIn | _StepsIn)
+    if isinstance(approval, _ApproversIn):
+        steps: list[_StepIn] = [_StepIn(name="approval", **approval.step_fields())]
+    else:
+        steps = approval.steps
+    return Approval(
+        Mode.APPROVERS,
+        tuple(
+            Step(
+                ApprovalStep(
+                    name=step.name or f"step-{index + 1}",
+                    count=step.count,
+                    groups=frozenset(step.from_.groups),
+                    principals=frozenset(step.from_.principals),
+                    when=None if step.when is None else step.when.source,
+                ),
+                step.when,
+            )
+            for index, step in enumerate(steps)
+        ),
+        approval.deny_count,
     )
 
 
@@ -236,10 +303,6 @@ def _problem(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)  # no context: braces in message stay literal
 
 
-def _not_yet(feature: str) -> PydanticCustomError:
-    return _problem("unsupported", f"{feature} are not supported yet")
-
-
 def _slug(value: str) -> str:
     if not _SLUG.fullmatch(value):
         raise _problem("slug", f"{value!r} is not a slug (a-z, 0-9, '-', '_'; at most 64)")
@@ -274,24 +337,71 @@ def _scope(value: object) -> Scope:
 
 
 def _approval_keyword(value: str) -> str:
-    if value == "break_glass":
-        raise _not_yet("break-glass approvals (approval: break_glass)")
-    if value != "auto":
-        raise _problem("approval", f"unknown approval {value!r}: use auto or {{count: N, from: …}}")
+    if value not in {"auto", "break_glass"}:
+        raise _problem(
+            "approval",
+            f"unknown approval {value!r}: use auto, break_glass, {{count: N, from: …}} "
+            "or {steps: [...]}",
+        )
     return value
 
 
 def _approval_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "keyword"
-    return "approvers" if isinstance(value, dict) else None
+    if isinstance(value, dict):
+        return "steps" if "steps" in value else "approvers"
+    return None
 
 
-_APPROVAL_TAGS = {"keyword", "approvers"}
+def _condition(variables: frozenset[str]) -> Any:
+    def check(value: object) -> Condition:
+        if not isinstance(value, str):
+            raise _problem("condition", f"a condition is CEL text, got {value!r}")
+        try:
+            return compile_condition(value, variables)
+        except ValueError as exc:
+            raise _problem("condition", f"{exc} in {value!r}") from exc
+
+    return PlainValidator(check)
+
+
+def _pattern(value: object) -> re.Pattern[str]:
+    if not isinstance(value, str) or not value or len(value) > 500:
+        raise _problem("pattern", "reason_pattern is a regular expression of 1-500 characters")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise _problem("pattern", f"invalid regular expression {value!r}: {exc}") from exc
+
+
+def _zone(value: object) -> ZoneInfo:
+    if not isinstance(value, str):
+        raise _problem("zone", f"a time zone is a name such as Europe/Paris, got {value!r}")
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise _problem("zone", f"unknown time zone {value!r} (use e.g. UTC, Europe/Paris)") from exc
+
+
+def _percent(value: object) -> float:
+    text = value if isinstance(value, str) else ""
+    number = text.removesuffix("%")
+    if not text.endswith("%") or not number.isdigit() or int(number) > 100:
+        raise _problem("percent", f"expected a percentage such as 50%, got {value!r}")
+    return int(number) / 100
+
+
+_APPROVAL_TAGS = {"keyword", "approvers", "steps"}
 Slug = Annotated[str, AfterValidator(_slug)]
 Word = Annotated[str, AfterValidator(_word)]
 DurationIn = Annotated[timedelta, PlainValidator(_duration)]
 ScopeIn = Annotated[Scope, PlainValidator(_scope)]
+WhenIn = Annotated[Condition, _condition(RULE_VARIABLES)]
+ReviewerWhenIn = Annotated[Condition, _condition(REVIEWER_VARIABLES)]
+PatternIn = Annotated[re.Pattern[str], PlainValidator(_pattern)]
+ZoneIn = Annotated[ZoneInfo, PlainValidator(_zone)]
+PercentIn = Annotated[float, PlainValidator(_percent)]
 
 
 class _In(BaseModel):
@@ -301,43 +411,138 @@ class _In(BaseModel):
 class _DefaultsIn(_In):
     max_duration: DurationIn = timedelta(hours=1)
     pending_ttl: DurationIn = timedelta(hours=24)
+    time_zone: ZoneIn = Field(default_factory=lambda: ZoneInfo("UTC"))
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WORKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
+
+
+class _BusinessHoursIn(_In):
+    days: list[Weekday] = Field(default_factory=lambda: list(_WORKDAYS))
+    start: int = Field(default=8, ge=0, le=23)
+    end: int = Field(default=19, ge=1, le=24)
+
+
+class _RiskIn(_In):
+    """Points per factor (see docs/policy.md); every key is optional."""
+
+    writes: int = Field(default=30, ge=0, le=100)
+    prod: int = Field(default=25, ge=0, le=100)
+    prod_environments: list[Word] = Field(default_factory=lambda: ["prod"])
+    broad_scope: int = Field(default=15, ge=0, le=100)
+    long_duration: int = Field(default=10, ge=0, le=100)
+    long_duration_after: DurationIn = timedelta(hours=1)
+    very_long_duration: int = Field(default=20, ge=0, le=100)
+    very_long_duration_after: DurationIn = timedelta(hours=8)
+    off_hours: int = Field(default=10, ge=0, le=100)
+    business_hours: _BusinessHoursIn = Field(default_factory=_BusinessHoursIn)
+    recent_denial: int = Field(default=10, ge=0, le=100)
+    recent_denials_max: int = Field(default=30, ge=0, le=100)
+    recent_denials_window: DurationIn = timedelta(days=7)
+
+    def weights(self) -> RiskWeights:
+        days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+        hours = self.business_hours
+        return RiskWeights(
+            writes=self.writes,
+            prod=self.prod,
+            broad_scope=self.broad_scope,
+            long_duration=self.long_duration,
+            very_long_duration=self.very_long_duration,
+            long_after=self.long_duration_after,
+            very_long_after=self.very_long_duration_after,
+            prod_environments=frozenset(self.prod_environments),
+            off_hours=self.off_hours,
+            business_days=frozenset(days.index(day) for day in hours.days),
+            business_start=hours.start,
+            business_end=hours.end,
+            recent_denial=self.recent_denial,
+            recent_denials_max=self.recent_denials_max,
+            recent_denials_window=self.recent_denials_window,
+        )
+
+
+class _OidcIn(_In):
+    issuer: str = Field(pattern=r"^https://[^\s]+$", max_length=500)
+    claims: dict[str, str] = Field(default_factory=dict)
 
 
 class _RequestersIn(_In):
     groups: list[Word] = Field(default_factory=list)
     principals: list[Word] = Field(default_factory=list)
-    oidc: Any = None
-
-    @field_validator("oidc", mode="before")
-    @classmethod
-    def _no_oidc(cls, value: Any) -> Any:
-        raise _not_yet("OIDC requesters (requesters.oidc)")
+    oidc: _OidcIn | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> Self:
-        if not self.groups and not self.principals:
-            raise _problem("requesters", "name at least one group or principal")
+        if not self.groups and not self.principals and self.oidc is None:
+            raise _problem("requesters", "name at least one group, principal or oidc identity")
         return self
 
 
 class _FromIn(_In):
-    groups: list[Word] = Field(min_length=1)
+    groups: list[Word] = Field(default_factory=list)
+    principals: list[Word] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _someone(self) -> Self:
+        if not self.groups and not self.principals:
+            raise _problem("from", "name at least one group or principal who may approve")
+        return self
 
 
-class _ApprovalIn(_In):
-    count: int = Field(ge=1)
+class _StepIn(_In):
+    name: Slug | None = None
+    count: int = Field(ge=1, le=20)
     from_: _FromIn = Field(alias="from")
+    when: ReviewerWhenIn | None = None
+
+
+class _ApproversIn(_In):
+    count: int = Field(ge=1, le=20)
+    from_: _FromIn = Field(alias="from")
+    when: ReviewerWhenIn | None = None
+    deny_count: int = Field(default=1, ge=1, le=20)
+
+    def step_fields(self) -> dict[str, Any]:
+        return {"count": self.count, "from": self.from_, "when": self.when}
+
+
+class _StepsIn(_In):
+    steps: list[_StepIn] = Field(min_length=1, max_length=10)
+    deny_count: int = Field(default=1, ge=1, le=20)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_names(cls, value: list[_StepIn]) -> list[_StepIn]:
+        names = [step.name for step in value if step.name is not None]
+        if len(names) != len(set(names)):
+            raise _problem("steps", "step names must be unique within a rule")
+        return value
 
 
 ApprovalIn = Annotated[
     Annotated[str, AfterValidator(_approval_keyword), Tag("keyword")]
-    | Annotated[_ApprovalIn, Tag("approvers")],
+    | Annotated[_ApproversIn, Tag("approvers")]
+    | Annotated[_StepsIn, Tag("steps")],
     Discriminator(
         _approval_tag,
         custom_error_type="approval",
-        custom_error_message="approval is auto or {count: N, from: {groups: [...]}}",
+        custom_error_message=(
+            "approval is auto, break_glass, {count: N, from: {groups: [...]}} or {steps: [...]}"
+        ),
     ),
 ]
+
+
+class _ExtensionsIn(_In):
+    max: int = Field(ge=0, le=100)
+    min_elapsed: PercentIn = 0.5
+    max_total: DurationIn | None = None
+
+
+class _NotifyIn(_In):
+    slack_channel: str = Field(min_length=1, max_length=80)
 
 
 class _RuleIn(_In):
@@ -348,12 +553,11 @@ class _RuleIn(_In):
     scopes: list[ScopeIn] = Field(min_length=1)
     max_duration: DurationIn | None = None
     approval: ApprovalIn
-    when: Any = None
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _no_when(cls, value: Any) -> Any:
-        raise _not_yet("CEL conditions (when:)")
+    when: WhenIn | None = None
+    reason_pattern: PatternIn | None = None
+    pending_ttl: DurationIn | None = None
+    extensions: _ExtensionsIn | None = None
+    notify: _NotifyIn | None = None
 
     @field_validator("apis")
     @classmethod
@@ -366,6 +570,7 @@ class _RuleIn(_In):
 class _PolicyIn(_In):
     version: int
     defaults: _DefaultsIn = Field(default_factory=_DefaultsIn)
+    risk: _RiskIn | None = None
     rules: list[_RuleIn]
 
     @field_validator("version")

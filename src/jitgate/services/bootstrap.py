@@ -1,4 +1,4 @@
-"""First-start work: signing keys, the policy's audit record, the administrator."""
+"""First-start work: the signing key ring and the administrator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import Clock
 from jitgate.errors import ConfigError
-from jitgate.policy.model import Policy
 from jitgate.secrets import SecretBox
 from jitgate.services import directory
 from jitgate.services.context import Context
@@ -52,24 +51,6 @@ def ensure_keyring(store: Store, box: SecretBox, clock: Clock) -> KeyRing:
     if ring is None:  # pragma: no cover - we just created the key
         raise ConfigError("could not create a signing key")
     return ring
-
-
-def record_policy(ctx: Context, policy: Policy) -> None:
-    with ctx.store.transaction() as tx:
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.POLICY_LOADED,
-                    at=ctx.now(),
-                    actor="system",
-                    data={
-                        "source": policy.source,
-                        "digest": policy.digest,
-                        "rules": [r.name for r in policy.rules],
-                    },
-                )
-            ]
-        )
 
 
 def ensure_admin(ctx: Context, state_dir: Path) -> str | None:

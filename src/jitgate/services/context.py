@@ -6,6 +6,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from jitgate.audit.events import NewEvent
@@ -13,7 +14,7 @@ from jitgate.clock import Clock
 from jitgate.domain.models import Principal
 from jitgate.errors import Forbidden
 from jitgate.policy.model import Policy
-from jitgate.secrets import SecretBox
+from jitgate.secrets import Secret, SecretBox
 from jitgate.storage.store import Store, Tx
 from jitgate.tokens.keys import KeyRing
 
@@ -80,7 +81,13 @@ class Context:
     keyring: KeyRing
     audit: AuditSink
     feed: ChangeFeed = field(default_factory=NullFeed)
+    slack_signing_secret: Secret | None = None  # checks Slack's interactions; None: Slack off
+    policy_file: Path | None = None  # where reloads read the policy; None: not reloadable
+    policy_loaded_at: datetime = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.policy_loaded_at = self.clock.now()
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -88,6 +95,7 @@ class Context:
     def replace_policy(self, policy: Policy) -> None:
         with self._lock:
             self.policy = policy
+            self.policy_loaded_at = self.clock.now()
 
     def replace_keyring(self, keyring: KeyRing) -> None:
         with self._lock:

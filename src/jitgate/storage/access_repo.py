@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, insert, select, update
+from sqlalchemy import Connection, RowMapping, Select, func, insert, select, update
 
 from jitgate.domain.models import (
     AccessRequest,
+    ApprovalStep,
     Decision,
     Grant,
     GrantStatus,
@@ -27,6 +28,7 @@ class Approval:
     verdict: str  # "approve" | "deny"
     comment: str
     at: datetime
+    terms_hash: str | None = None  # the request terms the approver was shown
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,11 +36,13 @@ class Approval:
             "verdict": self.verdict,
             "comment": self.comment,
             "at": self.at.isoformat(),
+            "terms_hash": self.terms_hash,
         }
 
 
 def decision_from_json(d: dict[str, Any]) -> Decision:
     risk = d.get("risk", {})
+    ttl = d.get("pending_ttl_seconds")
     return Decision(
         outcome=Outcome(d["outcome"]),
         rule=d.get("rule"),
@@ -47,9 +51,21 @@ def decision_from_json(d: dict[str, Any]) -> Decision:
             score=int(risk.get("score", 0)),
             factors=tuple((f["name"], int(f["points"])) for f in risk.get("factors", ())),
         ),
-        approvals_required=int(d.get("approvals_required", 0)),
-        approver_groups=frozenset(d.get("approver_groups", ())),
         policy_version=d.get("policy_version", ""),
+        steps=tuple(
+            ApprovalStep(
+                name=s["name"],
+                count=int(s["count"]),
+                groups=frozenset(s.get("groups", ())),
+                principals=frozenset(s.get("principals", ())),
+                when=s.get("when"),
+            )
+            for s in d.get("steps", ())
+        ),
+        deny_count=int(d.get("deny_count", 1)),
+        pending_ttl=None if ttl is None else timedelta(seconds=int(ttl)),
+        break_glass=bool(d.get("break_glass", False)),
+        notify=dict(d.get("notify", {})),
     )
 
 
@@ -68,6 +84,13 @@ def _request(row: RowMapping) -> AccessRequest:
         starts_at=row["starts_at"],
         decided_at=row["decided_at"],
         grant_id=row["grant_id"],
+        approved_scopes=None if row["approved_scopes"] is None else tuple(row["approved_scopes"]),
+        approved_duration=(
+            None
+            if row["approved_duration_seconds"] is None
+            else timedelta(seconds=row["approved_duration_seconds"])
+        ),
+        extends_grant=row["extends_grant"],
     )
 
 
@@ -86,6 +109,10 @@ def _grant(row: RowMapping) -> Grant:
         ended_at=row["ended_at"],
         ended_by=row["ended_by"],
         end_reason=row["end_reason"],
+        extends=row["extends"],
+        needs_review=row["needs_review"],
+        reviewed_by=row["reviewed_by"],
+        reviewed_at=row["reviewed_at"],
     )
 
 
@@ -100,7 +127,11 @@ class AccessRepo:
         return row._mapping if row else None
 
     # requests ---------------------------------------------------------------
-    def insert_request(self, r: AccessRequest) -> None:
+    def insert_request(
+        self, r: AccessRequest, *, idempotency: tuple[str, str] | None = None
+    ) -> None:
+        """Insert ``r``; ``idempotency`` is (key, hash of the body) for Idempotency-Key."""
+        key, body_hash = idempotency if idempotency is not None else (None, None)
         self._c.execute(
             insert(access_requests).values(
                 id=r.id,
@@ -116,6 +147,47 @@ class AccessRepo:
                 created_at=r.created_at,
                 decided_at=r.decided_at,
                 grant_id=r.grant_id,
+                extends_grant=r.extends_grant,
+                idempotency_key=key,
+                idempotency_hash=body_hash,
+            )
+        )
+
+    def find_idempotent(self, requester: str, key: str) -> tuple[AccessRequest, str] | None:
+        """The request ``requester`` filed under Idempotency-Key ``key``, with its body hash."""
+        row = self._one(
+            select(access_requests).where(
+                access_requests.c.requester == requester,
+                access_requests.c.idempotency_key == key,
+            ),
+            lock=False,
+        )
+        return (_request(row), row["idempotency_hash"]) if row else None
+
+    def count_denied_since(self, requester: str, since: datetime) -> int:
+        query = (
+            select(func.count())
+            .select_from(access_requests)
+            .where(
+                access_requests.c.requester == requester,
+                access_requests.c.status == RequestStatus.DENIED.value,
+                access_requests.c.created_at >= since,
+            )
+        )
+        return int(self._c.execute(query).scalar_one())
+
+    def save_request_terms(self, r: AccessRequest) -> None:
+        """Record the approvers' narrowing of ``r`` (scopes and duration)."""
+        self._c.execute(
+            update(access_requests)
+            .where(access_requests.c.id == r.id)
+            .values(
+                approved_scopes=None if r.approved_scopes is None else list(r.approved_scopes),
+                approved_duration_seconds=(
+                    None
+                    if r.approved_duration is None
+                    else int(r.approved_duration.total_seconds())
+                ),
             )
         )
 
@@ -136,7 +208,7 @@ class AccessRepo:
         status: RequestStatus | None = None,
         requester: str | None = None,
         api: str | None = None,
-        limit: int = 100,
+        limit: int | None = 100,
     ) -> list[AccessRequest]:
         query = select(access_requests)
         if status is not None:
@@ -145,20 +217,9 @@ class AccessRepo:
             query = query.where(access_requests.c.requester == requester)
         if api is not None:
             query = query.where(access_requests.c.api == api)
-        query = query.order_by(access_requests.c.created_at.desc()).limit(limit)
-        return [_request(r._mapping) for r in self._c.execute(query)]
-
-    def stale_pending(self, cutoff: datetime, *, limit: int = 500) -> list[AccessRequest]:
-        query = (
-            select(access_requests)
-            .where(
-                access_requests.c.status == RequestStatus.PENDING.value,
-                access_requests.c.created_at <= cutoff,
-            )
-            .order_by(access_requests.c.id)
-            .limit(limit)
-            .with_for_update()
-        )
+        query = query.order_by(access_requests.c.created_at.desc())
+        if limit is not None:
+            query = query.limit(limit)
         return [_request(r._mapping) for r in self._c.execute(query)]
 
     # approvals --------------------------------------------------------------
@@ -170,6 +231,7 @@ class AccessRepo:
                 verdict=a.verdict,
                 comment=a.comment,
                 at=a.at,
+                terms_hash=a.terms_hash,
             )
         )
 
@@ -184,6 +246,7 @@ class AccessRepo:
                 verdict=r.verdict,
                 comment=r.comment,
                 at=r.at,
+                terms_hash=r.terms_hash,
             )
             for r in rows
         ]
@@ -202,6 +265,8 @@ class AccessRepo:
                 status=g.status.value,
                 max_calls=g.max_calls,
                 created_at=g.created_at,
+                extends=g.extends,
+                needs_review=g.needs_review,
             )
         )
 
@@ -214,6 +279,8 @@ class AccessRepo:
                 ended_at=g.ended_at,
                 ended_by=g.ended_by,
                 end_reason=g.end_reason,
+                reviewed_by=g.reviewed_by,
+                reviewed_at=g.reviewed_at,
             )
         )
 

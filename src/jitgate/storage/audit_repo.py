@@ -8,7 +8,7 @@ the change they describe, or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,8 +67,13 @@ def _event(row: RowMapping) -> ChainedEvent:
 
 
 class AuditRepo:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        on_append: Callable[[Sequence[ChainedEvent]], None] | None = None,
+    ) -> None:
         self._c = connection
+        self._on_append = on_append  # called in the same transaction, after the events
 
     def append(self, events: Sequence[NewEvent]) -> list[ChainedEvent]:
         if not events:
@@ -90,6 +95,8 @@ class AuditRepo:
             [event_row(e) for e in chained],
         )
         self._c.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+        if self._on_append is not None:
+            self._on_append(chained)
         return chained
 
     def head(self) -> tuple[int, str]:

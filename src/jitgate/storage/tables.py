@@ -230,5 +230,7 @@ notifications = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+    # Set on notifications that must never be written twice (one expiry warning per grant).
+    Column("dedupe_key", String(128), nullable=True, unique=True),
     Index("ix_notifications_status_next", "status", "next_attempt_at"),
 )
