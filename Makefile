@@ -29,6 +29,7 @@ test: lint
 
 bench: install
 	$(VENV)/bin/python bench/gateway.py
+	$(VENV)/bin/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) .tools .jitgate .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was at start-up, so a
+    process (or test runner) that swaps stderr never meets a handler on a closed stream."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        del value  # always the current sys.stderr
 
 
 def configure(level: str = "info", *, json_output: bool = True) -> None:
@@ -27,7 +41,7 @@ def configure(level: str = "info", *, json_output: bool = True) -> None:
             structlog.processors.format_exc_info,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

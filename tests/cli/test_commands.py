@@ -96,7 +96,8 @@ def test_the_approval_workflow(cli: Cli) -> None:
     assert "[self-approval]" in own.stderr
 
     approved = cli.ok("bob", "approve", request_id, "--comment", "ok")
-    assert approved.startswith(f"request {request_id}: approved (grant grt_")
+    assert "  scope: POST /v1/orders" in approved, "the terms being approved are shown"
+    assert approved.splitlines()[-1].startswith(f"request {request_id}: approved (grant grt_")
     again = cli("carol", "approve", request_id)
     assert again.exit_code == 1
     assert "409" in one_line_error(again)
@@ -118,7 +119,8 @@ def test_deny_and_cancel(cli: Cli) -> None:
 
 def test_release_revoke_and_the_kill_switch(cli: Cli) -> None:
     first, second, third = (
-        as_json(cli.ok("alice", *READ, "--for", "10m", "-o", "json"))["grant_id"] for _ in range(3)
+        as_json(cli.ok("alice", *READ, "--for", "10m", "--new", "-o", "json"))["grant_id"]
+        for _ in range(3)
     )
     assert cli.ok("alice", "release", first).strip() == f"grant {first}: released"
     no_reason = cli("bob", "revoke", second)

@@ -117,7 +117,7 @@ def exec_shell(
     """``jitgate exec`` of the README's step 4 running ``script``; the grant it used."""
     done = demo.cli(
         "alice", "exec", "demo", "--scope", "GET /v1/**", "--for", "5m", "--reason",
-        "smoke test", "--", "sh", "-c", script, expect=expect,
+        "smoke test", "--new", "--", "sh", "-c", script, expect=expect,
     )  # fmt: skip
     released = re.search(r"grant (grt_\w+) released", done.stderr)
     assert released, done.stderr
@@ -138,7 +138,7 @@ def test_step_4_exec_exits_with_the_commands_own_code(demo: Demo) -> None:
 
 
 def test_step_5_a_revoked_grant_is_refused_on_the_very_next_call(demo: Demo) -> None:
-    issued = demo.cli.json("alice", "request", *READ, "--for", "10m", "--wait")
+    issued = demo.cli.json("alice", "request", *READ, "--for", "10m", "--new", "--wait")
     token, grant_id = issued["token"], issued["grant_id"]
     assert demo.gateway(token, "GET", "/demo/v1/orders/42").status_code == 200
     demo.cli("bob", "revoke", grant_id, "--reason", "incident 7")
@@ -148,7 +148,7 @@ def test_step_5_a_revoked_grant_is_refused_on_the_very_next_call(demo: Demo) -> 
 
 
 def test_step_5_a_short_grant_ends_by_itself(demo: Demo) -> None:
-    issued = demo.cli.json("alice", "request", *READ, "--for", "3s", "--wait")
+    issued = demo.cli.json("alice", "request", *READ, "--for", "3s", "--new", "--wait")
     assert demo.gateway(issued["token"], "GET", "/demo/v1/orders/42").status_code == 200
     expires = datetime.fromisoformat(issued["expires_at"].replace("Z", "+00:00"))
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)  # real expiry

@@ -74,19 +74,22 @@ class Hit:
 @dataclass
 class Receiver:
     """An HTTP server that records what it receives and answers with ``statuses`` in
-    turn (then ``default``); ``replies`` likewise for JSON bodies (the fake Slack)."""
+    turn (then ``default``); ``replies`` and ``default_reply`` likewise for JSON bodies
+    (the fake Slack Web API answers ``{"ok": true}``)."""
 
     statuses: list[int] = field(default_factory=list)
     default: int = 200
     replies: list[dict[str, Any]] = field(default_factory=list)
+    default_reply: dict[str, Any] | None = None
     hits: list[Hit] = field(default_factory=list)
     port: int = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.hits.append(Hit(request.path, dict(request.headers), await request.read()))
         status = self.statuses.pop(0) if self.statuses else self.default
-        if self.replies:
-            return web.json_response(self.replies.pop(0), status=status)
+        reply = self.replies.pop(0) if self.replies else self.default_reply
+        if reply is not None:
+            return web.json_response(reply, status=status)
         return web.Response(status=status, text="ok" if status < 300 else "receiver is down")
 
     @property
@@ -181,7 +184,7 @@ def add_slack_principals(ctx: Context, tokens: dict[str, str]) -> None:
 async def harness(
     ctx: Context, store: Store, clock: FrozenClock, tmp_path: Path, installed: None
 ) -> AsyncIterator[Harness]:
-    ops, audit, slack = Receiver(), Receiver(), Receiver()
+    ops, audit, slack = Receiver(), Receiver(), Receiver(default_reply={"ok": True})
     runners = [await serve(r) for r in (ops, audit, slack)]
     try:
         settings = notify_settings(ops.url, audit.url, slack.url)

@@ -52,7 +52,7 @@ rules:
 
 def test_demo_policy_is_the_spec_demo() -> None:
     policy = load_policy(DEMO_POLICY_PATH)
-    reads, writes = policy.rules
+    reads, writes, approvers_low_risk, approvers_two_step = policy.rules
     assert reads.requesters == Requesters(groups=frozenset({"engineering"}))
     assert reads.apis == frozenset({"demo"})
     assert reads.scopes == (parse_scope("GET /**"),)
@@ -65,6 +65,13 @@ def test_demo_policy_is_the_spec_demo() -> None:
         ApprovalStep("approval", 1, frozenset({"approvers"}))
     ]
     assert policy.defaults.pending_ttl == timedelta(hours=24)
+    # Beyond the SPEC fixture, only for approvers: auto below a risk threshold, else two steps.
+    assert approvers_low_risk.when is not None
+    assert approvers_low_risk.when.source == "risk.score < 40"
+    assert [step.spec for step in approvers_two_step.approval.steps] == [
+        ApprovalStep("peer", 1, frozenset({"approvers"})),
+        ApprovalStep("admin", 1, principals=frozenset({"admin"})),
+    ]
 
 
 def test_spec_like_policy_loads_in_order_with_lines() -> None:

@@ -140,8 +140,9 @@ def test_policy_denial_is_recorded_with_its_reason_and_never_shortened(
 
 
 def test_requesters_no_rule_admits_are_denied(ctx: Context, demo: Demo) -> None:
+    admin = directory.get_principal(ctx, "admin")  # in no group the demo policy names
     view = access.create_request(
-        ctx, demo.bob, api="demo", scopes=["GET /x"], duration="5m", reason="curious"
+        ctx, admin, api="demo", scopes=["GET /x"], duration="5m", reason="curious"
     )
     assert view.request.status is RequestStatus.DENIED
     assert "no rule covers this request" in view.request.decision.reasons

@@ -17,11 +17,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from jitgate.clock import FrozenClock
+from jitgate.config import NotificationSettings, WebhookSettings
 from jitgate.domain.models import Api, Injection, InjectionKind
 from jitgate.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from jitgate.notify.router import NotifyRouter
 from jitgate.secrets import Secret
 from jitgate.services import access, directory, grants
 from jitgate.services import audit as audit_service
@@ -62,6 +65,18 @@ def test_no_secret_or_token_is_stored_in_the_clear(
     ctx: Context, demo: Demo, clock: FrozenClock
 ) -> None:
     payments_secret = "sk_live_" + "Zq9" * 12
+    webhook_secret = "whsec_" + "Kp4" * 12
+    # Notifications on, so that the outbox holds rows too: its payloads must not leak.
+    ctx.store.router = NotifyRouter(
+        NotificationSettings(
+            webhooks=[
+                WebhookSettings(
+                    name="ops", url="http://127.0.0.1:9/hook", secret=SecretStr(webhook_secret)
+                )
+            ]
+        ),
+        control_url="http://127.0.0.1:8700",
+    )
     directory.add_api(
         ctx,
         demo.admin,
@@ -94,6 +109,7 @@ def test_no_secret_or_token_is_stored_in_the_clear(
     secrets = {
         "demo upstream secret": demo.secret.reveal(),
         "payments secret": payments_secret,
+        "webhook signing secret": webhook_secret,
         "rotated payments secret": rotated,
         "extra principal token": extra,
         "grant token": grant_token,

@@ -168,8 +168,9 @@ def test_time_comparisons_in_sql_are_exact(store: Store) -> None:
         assert tx.access.due_for_expiry(expires - timedelta(microseconds=1)) == []
         assert [g.id for g in tx.access.due_for_expiry(expires.astimezone(india))] == ["grt_e"]
         assert [g.id for g in tx.access.list_grants(status=GrantStatus.ACTIVE)] == ["grt_e"]
-        assert tx.access.stale_pending(T0 - timedelta(microseconds=1)) == []
-        assert [r.id for r in tx.access.stale_pending(T0.astimezone(india))] == ["req_1"]
+        after = T0 + timedelta(microseconds=1)
+        assert tx.access.requests_since(after.astimezone(india), limit=10) == []
+        assert [r.id for r in tx.access.requests_since(T0.astimezone(india), limit=10)] == ["req_1"]
 
 
 def test_naive_datetimes_are_refused_at_the_boundary(store: Store) -> None:

@@ -39,6 +39,7 @@ class EventType(StrEnum):
     GRANT_REVOKED = "grant.revoked"
     GRANT_RELEASED = "grant.released"
     GRANT_EXPIRED = "grant.expired"
+    GRANT_REVIEWED = "grant.reviewed"  # a break-glass grant looked at after the fact
     ACCESS_ALLOWED = "access.allowed"
     ACCESS_DENIED = "access.denied"
     AUTH_FAILED = "auth.failed"

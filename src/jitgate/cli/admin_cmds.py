@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from jitgate.cli import policy_cmds
 from jitgate.cli.client import Client, fail
 from jitgate.cli.output import Output, OutputOption, emit_json, listing
 from jitgate.domain.durations import format_duration, parse_duration
@@ -267,8 +268,10 @@ def policy_explain(
     for t in evaluation.trace:
         mark = "=>" if t.matched else "  "
         typer.echo(f" {mark} {t.rule} (line {t.line}): {t.reason}")
-    for reason in decision.reasons:
-        typer.echo(f"  reason: {reason}")
+    for later in policy.rules[len(evaluation.trace) :] if evaluation.trace else ():
+        typer.echo(f"    {later.name} (line {later.line}): not consulted")
+    for why in decision.reasons:
+        typer.echo(f"  reason: {why}")
     factors = ", ".join(f"{n} +{p}" for n, p in decision.risk.factors) or "none"
     typer.echo(f"  risk: {decision.risk.score} ({factors})")
     for step in decision.steps:
@@ -323,5 +326,6 @@ def register(app: typer.Typer) -> None:
     app.command("notifications")(notifications_list)
     app.add_typer(api_app, name="api")
     app.add_typer(principal_app, name="principal")
+    policy_cmds.register(policy_app)
     app.add_typer(policy_app, name="policy")
     app.add_typer(keys_app, name="keys")

@@ -78,25 +78,40 @@ class Client:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200, 201, 204),
+        idempotency_key: str | None = None,
     ) -> Any:
+        """One API call; its JSON answer, or the server's problem printed and exit 1.
+
+        With ``idempotency_key`` the call is sent with that ``Idempotency-Key`` and, as
+        the server answers a repeat as it answered the first, retried once more on a
+        network error (a lost answer must not file the request twice).
+        """
         if not self.token:
             fail(
                 f"not logged in (no profile {self.profile!r} in {config_path()}): run "
                 f"'jitgate --profile {self.profile} login --server URL --token jgp_…' first"
             )
         headers = {"Authorization": f"Bearer {self.token}"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = httpx.request(
-                method,
-                self.server + path,
-                json=json_body,
-                params=clean,
-                headers=headers,
-                timeout=30.0,
-            )
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach the jitgate server at {self.server}: {exc}")
+        attempts = 2 if idempotency_key is not None else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = httpx.request(
+                    method,
+                    self.server + path,
+                    json=json_body,
+                    params=clean,
+                    headers=headers,
+                    timeout=30.0,
+                )
+                break
+            except httpx.TransportError as exc:
+                if attempt == attempts:
+                    fail(f"cannot reach the jitgate server at {self.server}: {exc}")
+            except httpx.HTTPError as exc:
+                fail(f"cannot reach the jitgate server at {self.server}: {exc}")
         if response.status_code not in ok:
             show_problem(response)
         if response.status_code == 204 or not response.content:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from jitgate.cli import access_cmds, admin_cmds, audit_cmds
+from jitgate.cli import access_cmds, admin_cmds, audit_cmds, grant_cmds
 from jitgate.cli.client import Client, fail, save_profile
 from jitgate.errors import JitgateError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 serve_app = typer.Typer(help="Run one role per process (scale-out).", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 access_cmds.register(app)
+grant_cmds.register(app)
 admin_cmds.register(app)
 audit_cmds.register(app)
 
@@ -101,8 +102,9 @@ jitgate --profile bob approve REQUEST_ID --comment 'ok'     # prints the grant i
 W=$(jitgate --profile alice token GRANT_ID)
 curl -s -X POST {s.gateway.url}/demo/v1/orders -d '{{"qty": 1}}' -H "Authorization: Bearer $W"
 
-# 4. Run one command with a grant that is released when it ends
-jitgate --profile alice exec demo --scope 'GET /v1/**' --for 5m --reason 'smoke test' -- \\
+# 4. Run one command with its own grant (--new), released when it ends
+#    (without --new, exec and request reuse an active grant that already covers the scopes)
+jitgate --profile alice exec demo --scope 'GET /v1/**' --for 5m --reason 'smoke test' --new -- \\
   sh -c 'curl -fsS "$JITGATE_URL/v1/ping" -H "Authorization: Bearer $JITGATE_TOKEN"'
 
 # 5. bob (an owner of API demo) revokes alice's grant: her next call is refused

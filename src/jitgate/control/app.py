@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jitgate import __version__
-from jitgate.control import routes_access, routes_admin, routes_notify
+from jitgate.control import routes_access, routes_admin, routes_notify, routes_policy
 from jitgate.errors import (
     Conflict,
     Forbidden,
@@ -67,6 +67,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(routes_access.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_notify.router)
+    app.include_router(routes_policy.router)
 
     @app.exception_handler(JitgateError)
     async def on_jitgate_error(_: Request, exc: JitgateError) -> JSONResponse:

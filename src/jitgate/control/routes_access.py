@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
 from jitgate.control.deps import Caller, Ctx
 from jitgate.control.schemas import (
+    ApproveIn,
     CommentIn,
+    ExtendIn,
     RequestIn,
     RevocationsIn,
     RevokeIn,
@@ -20,12 +23,39 @@ from jitgate.control.schemas import (
 )
 from jitgate.domain.models import RequestStatus
 from jitgate.services import access, grants
+from jitgate.services.access import MAX_IDEMPOTENCY_KEY, RequestView
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/requests", status_code=201, tags=["requests"])
-def create_request(body: RequestIn, ctx: Ctx, caller: Caller) -> JSONResponse:
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_IDEMPOTENCY_KEY,
+        description="repeat the call safely: the same key and body answer as the first call did",
+    ),
+]
+
+_FILED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "filed"},
+    200: {"description": "a replay (Idempotency-Key)"},
+}
+
+
+def _filed(view: RequestView, now: datetime) -> JSONResponse:
+    headers = {"Location": f"/v1/requests/{view.request.id}"}
+    if view.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(
+        request_view_json(view, now), status_code=200 if view.replayed else 201, headers=headers
+    )
+
+
+@router.post("/requests", status_code=201, tags=["requests"], responses=_FILED)
+def create_request(
+    body: RequestIn, ctx: Ctx, caller: Caller, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     view = access.create_request(
         ctx,
         caller,
@@ -35,12 +65,9 @@ def create_request(body: RequestIn, ctx: Ctx, caller: Caller) -> JSONResponse:
         reason=body.reason,
         ticket=body.ticket,
         starts_at=body.starts_at,
+        idempotency_key=idempotency_key,
     )
-    return JSONResponse(
-        request_view_json(view, ctx.now()),
-        status_code=201,
-        headers={"Location": f"/v1/requests/{view.request.id}"},
-    )
+    return _filed(view, ctx.now())
 
 
 @router.get("/requests", tags=["requests"])
@@ -62,8 +89,17 @@ def read_request(request_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
 
 
 @router.post("/requests/{request_id}/approve", tags=["requests"])
-def approve(request_id: str, ctx: Ctx, caller: Caller, body: CommentIn | None = None) -> Any:
-    view = access.approve(ctx, caller, request_id, (body or CommentIn()).comment)
+def approve(request_id: str, ctx: Ctx, caller: Caller, body: ApproveIn | None = None) -> Any:
+    body = body or ApproveIn()
+    view = access.approve(
+        ctx,
+        caller,
+        request_id,
+        body.comment,
+        terms=body.terms_hash,
+        scopes=body.scopes,
+        duration=body.duration,
+    )
     return request_view_json(view, ctx.now())
 
 
@@ -86,9 +122,14 @@ def list_grants(
     active: bool | None = None,
     principal: str | None = Query(default=None, max_length=64),
     api: str | None = Query(default=None, max_length=64),
+    needs_review: bool | None = Query(
+        default=None, description="true: flagged grants (break glass) nobody has reviewed yet"
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    found = grants.list_grants(ctx, active=active, principal=principal, api=api, limit=limit)
+    found = grants.list_grants(
+        ctx, active=active, principal=principal, api=api, needs_review=needs_review, limit=limit
+    )
     now = ctx.now()
     return {"items": [grant_json(g, now) for g in found]}
 
@@ -108,6 +149,20 @@ def grant_token(grant_id: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
         "gateway_url": issued.gateway_url,
         "grant_id": issued.grant.id,
     }
+
+
+@router.post("/grants/{grant_id}/extend", status_code=201, tags=["grants"])
+def extend(grant_id: str, body: ExtendIn, ctx: Ctx, caller: Caller) -> JSONResponse:
+    view = access.extend(
+        ctx, caller, grant_id, duration=body.duration, reason=body.reason, scopes=body.scopes
+    )
+    return _filed(view, ctx.now())
+
+
+@router.post("/grants/{grant_id}/review", tags=["grants"])
+def review(grant_id: str, ctx: Ctx, caller: Caller, body: CommentIn | None = None) -> Any:
+    reviewed = grants.review(ctx, caller, grant_id, (body or CommentIn()).comment)
+    return grant_json(reviewed, ctx.now())
 
 
 @router.post("/grants/{grant_id}/revoke", tags=["grants"])

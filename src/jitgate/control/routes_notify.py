@@ -2,7 +2,8 @@
 
 ``POST /v1/slack/interactions`` takes no principal token: only Slack's signature
 authenticates it (see :mod:`jitgate.notify.slack`). A bad or stale signature is a 401
-and an ``auth.failed`` audit event, before the body is even parsed.
+and an ``auth.failed`` audit event, before the body is even parsed; without Slack
+configured, every request is a 401 (there is no credential it could carry).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.control.deps import Caller, Ctx
 from jitgate.control.schemas import iso
-from jitgate.errors import InvalidInput, NotFound
+from jitgate.errors import InvalidInput, Unauthenticated
 from jitgate.notify import admin, slack
 from jitgate.notify.signing import BadSignature, verify_slack
 from jitgate.storage.outbox_repo import Notification, NotificationStatus
@@ -75,8 +76,10 @@ async def _body(request: Request, limit: int) -> bytes:
 async def slack_interactions(request: Request, ctx: Ctx) -> dict[str, Any]:
     """Slack's Approve and Deny buttons (form-encoded ``payload``, signed by Slack)."""
     secret = ctx.slack_signing_secret
-    if secret is None:
-        raise NotFound("Slack is not configured on this server", code="slack-not-configured")
+    if secret is None:  # then no request can carry a credential this server accepts
+        raise Unauthenticated(
+            "Slack interactions are not enabled on this server (notifications.slack)"
+        )
     body = await _body(request, slack.MAX_BODY)
     try:
         verify_slack(

@@ -21,7 +21,9 @@ from pydantic import (
 )
 
 from jitgate.domain.durations import format_duration
+from jitgate.domain.lifecycle import terms_hash
 from jitgate.domain.models import AccessRequest, Api, Grant, GrantStatus, Principal
+from jitgate.domain.scopes import MAX_SCOPE_LENGTH
 from jitgate.errors import InvalidInput
 from jitgate.services.access import RequestView
 
@@ -65,14 +67,18 @@ class Body(BaseModel):
         return value
 
 
+# Strict: JSON true is not "1 second"; the bounds are size limits, the domain checks range.
+Duration = (
+    Annotated[StrictStr, Field(max_length=32)] | Annotated[StrictInt, Field(ge=-(2**31), le=2**31)]
+)
+DURATION_HELP = "90s, 15m, 1h, 1h30m or seconds"
+ScopeText = Annotated[str, Field(max_length=MAX_SCOPE_LENGTH)]
+
+
 class RequestIn(Body):
     api: str = Field(max_length=64)
     scopes: list[str] = Field(min_length=1, max_length=20)
-    # Strict: JSON true is not "1 second"; the bounds are size limits, the domain checks range.
-    duration: (
-        Annotated[StrictStr, Field(max_length=32)]
-        | Annotated[StrictInt, Field(ge=-(2**31), le=2**31)]
-    ) = Field(description="90s, 15m, 1h, 1h30m or seconds")
+    duration: Duration = Field(description=DURATION_HELP)
     reason: str = Field(max_length=1000)
     ticket: str | None = Field(default=None, max_length=200)
     starts_at: datetime | None = None
@@ -80,6 +86,26 @@ class RequestIn(Body):
 
 class CommentIn(Body):
     comment: str = Field(default="", max_length=2000)
+
+
+class ApproveIn(CommentIn):
+    terms_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the request's terms_hash as shown to the approver: 409 if it changed since",
+    )
+    scopes: list[ScopeText] | None = Field(
+        default=None, min_length=1, max_length=20, description="narrow the request to these"
+    )
+    duration: Duration | None = Field(default=None, description="shorten it: " + DURATION_HELP)
+
+
+class ExtendIn(Body):
+    duration: Duration = Field(description="how long after the grant ends: " + DURATION_HELP)
+    reason: str = Field(max_length=1000)
+    scopes: list[ScopeText] | None = Field(
+        default=None, min_length=1, max_length=20, description="the grant's, or narrower"
+    )
 
 
 class RevokeIn(Body):
@@ -176,11 +202,21 @@ def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
         "expires_at": iso(g.expires_at),
         "status": _grant_status(g, now),
         "active": live,
+        # By the server's clock, so that clients need not trust their own.
+        "remaining_seconds": (
+            max(0, int((g.expires_at - now).total_seconds()))
+            if g.status is GrantStatus.ACTIVE
+            else 0
+        ),
         "max_calls": g.max_calls,
         "created_at": iso(g.created_at),
         "ended_at": iso(g.ended_at),
         "ended_by": g.ended_by,
         "end_reason": g.end_reason,
+        "extends": g.extends,
+        "needs_review": g.needs_review and g.reviewed_at is None,
+        "reviewed_by": g.reviewed_by,
+        "reviewed_at": iso(g.reviewed_at),
     }
 
 
@@ -200,6 +236,15 @@ def request_json(r: AccessRequest) -> dict[str, Any]:
         "decided_at": iso(r.decided_at),
         "grant_id": r.grant_id,
         "decision": r.decision.as_dict(),
+        "approved_scopes": None if r.approved_scopes is None else list(r.approved_scopes),
+        "approved_duration": (
+            None if r.approved_duration is None else format_duration(r.approved_duration)
+        ),
+        "approved_duration_seconds": (
+            None if r.approved_duration is None else int(r.approved_duration.total_seconds())
+        ),
+        "extends_grant": r.extends_grant,
+        "terms_hash": terms_hash(r),
     }
 
 
@@ -207,7 +252,13 @@ def request_view_json(v: RequestView, now: datetime) -> dict[str, Any]:
     return {
         **request_json(v.request),
         "approvals": [
-            {"approver": a.approver, "verdict": a.verdict, "comment": a.comment, "at": iso(a.at)}
+            {
+                "approver": a.approver,
+                "verdict": a.verdict,
+                "comment": a.comment,
+                "at": iso(a.at),
+                "terms_hash": a.terms_hash,
+            }
             for a in v.approvals
         ],
         "grant": grant_json(v.grant, now) if v.grant else None,

@@ -6,7 +6,9 @@ credential, and it proves only that Slack sent the click. Who clicked is the Sla
 id, mapped to exactly one principal whose ``slack_user_id`` attribute equals it (and
 whose ``slack_team_id``, if set, equals the workspace's). The vote then goes through
 :func:`jitgate.services.access.approve` / ``deny`` like any other, so self-approval,
-eligibility, repeat votes and decided requests are judged in one place.
+eligibility, repeat votes and decided requests are judged in one place. An approval
+is bound to the terms hash the button carries: if the request changed since the message
+was posted, the click is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SlackClick:
     team_id: str | None
     approve: bool
     request_id: str
+    terms_hash: str | None  # the request's terms as the message showed them
 
 
 def _text(value: Any, what: str, limit: int = 64) -> str:
@@ -62,12 +65,15 @@ def parse_click(body: bytes) -> SlackClick:
         value = json.loads(_text(action.get("value"), "button value", 2000))
     except ValueError as exc:
         raise InvalidInput("the button value is not JSON", code="bad-slack-payload") from exc
-    request_id = value.get("request") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        raise InvalidInput("the button value is not a JSON object", code="bad-slack-payload")
+    terms = value.get("terms_hash")
     return SlackClick(
         user_id=_text(user.get("id"), "user id"),
         team_id=_text(team.get("id"), "team id") if isinstance(team, dict) else None,
         approve=kind == APPROVE_ACTION,
-        request_id=_text(request_id, "request id"),
+        request_id=_text(value.get("request"), "request id"),
+        terms_hash=None if terms is None else _text(terms, "terms hash"),
     )
 
 
@@ -94,7 +100,7 @@ def act(ctx: Context, body: bytes) -> dict[str, Any]:
     click = parse_click(body)
     principal = principal_for(ctx, click)
     if click.approve:
-        view = access.approve(ctx, principal, click.request_id, COMMENT)
+        view = access.approve(ctx, principal, click.request_id, COMMENT, terms=click.terms_hash)
         outcome = (
             f"Approved: request {click.request_id} is granted."
             if view.grant is not None

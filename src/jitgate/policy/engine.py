@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import cel
 
 from jitgate.domain.durations import format_duration
 from jitgate.domain.models import Api, ApprovalStep, Decision, Outcome, Principal, Risk
@@ -85,17 +87,25 @@ class Evaluation:
 
 @dataclass(slots=True)
 class _Variables:
-    """The CEL variables of one subject, built on first use and shared by every rule."""
+    """The CEL context of one subject, built on first use and shared by every condition.
+
+    Building the context converts every variable to CEL values, which costs far more than
+    evaluating a condition (see bench/policy.py): it is done at most once per decision.
+    """
 
     subject: Subject
     risk: Risk
     zone: ZoneInfo
-    _values: dict[str, Any] | None = field(default=None)
+    reviewer: Principal | None = None
+    _context: cel.Context | None = field(default=None)
 
-    def values(self) -> dict[str, Any]:
-        if self._values is None:
-            self._values = variables(self.subject, self.risk, self.zone)
-        return self._values
+    def context(self) -> cel.Context:
+        if self._context is None:
+            values = variables(self.subject, self.risk, self.zone)
+            if self.reviewer is not None:
+                values["reviewer"] = _principal(self.reviewer)
+            self._context = activation(**values)
+        return self._context
 
 
 def evaluate(policy: Policy, subject: Subject) -> Evaluation:
@@ -119,7 +129,7 @@ def evaluate(policy: Policy, subject: Subject) -> Evaluation:
         mismatch = _mismatch(rule, subject)
         if mismatch is None and rule.when is not None:
             try:
-                if not rule.when.holds(activation(**shared.values())):
+                if not rule.when.holds(shared.context()):
                     mismatch = f"when is false: {rule.when.source}"
             except ConditionError as exc:
                 reason = f"rule {rule.name}: its when condition failed ({exc}); denied"
@@ -147,14 +157,16 @@ def variables(subject: Subject, risk: Risk, zone: ZoneInfo) -> dict[str, Any]:
             "duration": subject.duration,
             "reason": subject.reason,
             "ticket": subject.ticket,
-            "starts_at": subject.starts_at,
+            "starts_at": None if subject.starts_at is None else subject.starts_at.astimezone(UTC),
             "extension": subject.extension,
         },
         "principal": _principal(principal),
         "api": {"name": api.name, "environment": api.environment, "owners": sorted(api.owners)},
         "risk": {"score": risk.score, "factors": dict(risk.factors)},
         "time": {
-            "now": subject.now,
+            # Instants in UTC: CEL's getHours() & co. read UTC, and the library cannot
+            # convert a ZoneInfo-aware datetime at all (local time is time.hour & co.).
+            "now": subject.now.astimezone(UTC),
             "hour": local.hour,
             "minute": local.minute,
             "weekday": _WEEKDAYS[local.weekday()],
@@ -184,17 +196,14 @@ def eligible_steps(
         return frozenset(), f"approver {reviewer.id} is disabled"
     steps: set[int] = set()
     why: list[str] = []
-    values: dict[str, Any] | None = None
+    shared = _Variables(subject, decision.risk, zone, reviewer)
     for index, step in enumerate(decision.steps):
         if reviewer.id not in step.principals and reviewer.groups.isdisjoint(step.groups):
             why.append(f"{_step_name(step)}: not {_step_who(step)}")
             continue
         if step.when is not None:
-            if values is None:
-                values = variables(subject, decision.risk, zone)
-                values["reviewer"] = _principal(reviewer)
             try:
-                holds = _reviewer_condition(step.when).holds(activation(**values))
+                holds = _reviewer_condition(step.when).holds(shared.context())
             except ConditionError as exc:
                 why.append(f"{_step_name(step)}: reviewer condition failed ({exc})")
                 continue

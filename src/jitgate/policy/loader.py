@@ -96,19 +96,19 @@ def parse_policy(text: str, source: str) -> Policy:
 
 
 def _parse(text: str, source: str, digest: str) -> Policy:
-    data, lines = _compose(text, source)
+    data, lines = compose_yaml(text, source)
     if not isinstance(data, dict):
-        raise _fail(source, lines[()], (), "a policy is a mapping with version, defaults, rules")
+        raise error_at(source, lines[()], (), "a policy is a mapping with version, defaults, rules")
     try:
         document = _PolicyIn.model_validate(data)
     except ValidationError as exc:
-        raise _report(exc, lines, source) from exc
+        raise report_errors(exc, lines, source) from exc
     first_seen: dict[str, int] = {}
     for index, rule in enumerate(document.rules):
         where = ("rules", index, "name")
         if rule.name in first_seen:
             problem = f"duplicate rule name {rule.name!r} (first at line {first_seen[rule.name]})"
-            raise _fail(source, lines[where], where, problem)
+            raise error_at(source, lines[where], where, problem)
         first_seen[rule.name] = lines[where]
     defaults = Defaults(
         document.defaults.max_duration,
@@ -160,7 +160,8 @@ def _approval(approval: str | _ApproversIn | _StepsIn) -> Approval:
         return BREAK_GLASS
     assert isinstance(approval, _ApproversIn | _StepsIn)
     if isinstance(approval, _ApproversIn):
-        steps: list[_StepIn] = [_StepIn(name="approval", **approval.step_fields())]
+        # Already validated (its `when` compiled): construct, do not validate again.
+        steps: list[_StepIn] = [_StepIn.model_construct(name="approval", **approval.step_fields())]
     else:
         steps = approval.steps
     return Approval(
@@ -185,13 +186,18 @@ def _approval(approval: str | _ApproversIn | _StepsIn) -> Approval:
 # --- YAML: plain data plus the line of every key path ------------------------------------
 
 
-def _compose(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
+def compose_yaml(
+    text: str, source: str, what: str = "policy file"
+) -> tuple[Any, dict[KeyPath, int]]:
+    """``text`` as plain data, and the line of every key path; a YAML problem, an unknown
+    tag, a merge key or a duplicate key is a :class:`ConfigError` naming its line. Also
+    used by :mod:`jitgate.policy.testing` for decision tables (``what`` names the file)."""
     loader: yaml.SafeLoader | None = None
     try:
         loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None:
-            raise _fail(source, 1, (), "the policy file is empty")
+            raise error_at(source, 1, (), f"the {what} is empty")
         walker = _Walker(loader, source)
         walker.lines[()] = root.start_mark.line + 1
         return walker.walk(root, ()), walker.lines
@@ -199,10 +205,10 @@ def _compose(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         problem = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise _fail(source, line, (), f"invalid YAML: {problem or 'malformed'}") from exc
+        raise error_at(source, line, (), f"invalid YAML: {problem or 'malformed'}") from exc
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
-        raise _fail(source, line, (), f"unacceptable character #x{exc.character:04x}") from exc
+        raise error_at(source, line, (), f"unacceptable character #x{exc.character:04x}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
     finally:
@@ -223,11 +229,11 @@ class _Walker:
         self.budget -= 1
         line = node.start_mark.line + 1
         if self.budget < 0:
-            raise _fail(self.source, line, path, f"more than {_MAX_NODES} YAML nodes")
+            raise error_at(self.source, line, path, f"more than {_MAX_NODES} YAML nodes")
         if isinstance(node, yaml.ScalarNode):
             return self.loader.construct_object(node)
         if node.tag not in _STANDARD_TAGS:
-            raise _fail(self.source, line, path, f"unsupported YAML tag {node.tag!r}")
+            raise error_at(self.source, line, path, f"unsupported YAML tag {node.tag!r}")
         if isinstance(node, yaml.SequenceNode):
             items = []
             for index, item in enumerate(node.value):
@@ -238,16 +244,18 @@ class _Walker:
         for key_node, value_node in node.value:
             key_line = key_node.start_mark.line + 1
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise _fail(self.source, key_line, path, "YAML merge keys (<<) are not supported")
+                raise error_at(
+                    self.source, key_line, path, "YAML merge keys (<<) are not supported"
+                )
             is_scalar = isinstance(key_node, yaml.ScalarNode)
             key = self.loader.construct_object(key_node) if is_scalar else None
             if not isinstance(key, str):
                 problem = f"keys must be text, got {key_node.value!r}"
-                raise _fail(self.source, key_line, path, problem)
+                raise error_at(self.source, key_line, path, problem)
             where = (*path, key)
             if key in mapping:
                 problem = f"duplicate key (first at line {self.lines[where]})"
-                raise _fail(self.source, key_line, where, problem)
+                raise error_at(self.source, key_line, where, problem)
             self.lines[where] = key_line
             mapping[key] = self.walk(value_node, where)
         return mapping
@@ -263,12 +271,14 @@ def _dotted(path: KeyPath) -> str:
     return text
 
 
-def _fail(source: str, line: int, path: KeyPath, problem: str) -> ConfigError:
+def error_at(source: str, line: int, path: KeyPath, problem: str) -> ConfigError:
+    """``<source>:<line>: <key path>: <problem>``, the one shape of every load error."""
     where = f"{_dotted(path)}: " if path else ""
     return ConfigError(f"{source}:{line}: {where}{problem}")
 
 
-def _report(exc: ValidationError, lines: dict[KeyPath, int], source: str) -> ConfigError:
+def report_errors(exc: ValidationError, lines: dict[KeyPath, int], source: str) -> ConfigError:
+    """Every error of ``exc`` located at its line (see :func:`compose_yaml`), in order."""
     located: list[tuple[int, str]] = []
     for error in exc.errors(include_url=False):
         # The approval union adds its tag after "approval"; it is not a key of the file.
@@ -291,7 +301,7 @@ def _report(exc: ValidationError, lines: dict[KeyPath, int], source: str) -> Con
             message = error["msg"]
             problem = message[0].lower() + message[1:] if message[1:2].islower() else message
         line = lines[tuple(loc[:depth])]
-        located.append((line, _fail(source, line, tuple(loc), problem).detail))
+        located.append((line, error_at(source, line, tuple(loc), problem).detail))
     located.sort(key=lambda item: item[0])
     return ConfigError("\n".join(detail for _, detail in located[:_MAX_REPORTED]))
 

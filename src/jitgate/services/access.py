@@ -68,6 +68,13 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
                 f"grant {request.extends_grant} has ended; it cannot be extended",
                 code="grant-ended",
             )
+        # Two extensions filed side by side both pass the filing check; only one may open
+        # (the parent's row lock serialises this check).
+        if continued := tx.access.list_extending(parent.id):
+            raise Conflict(
+                f"grant {parent.id} is already extended by {continued[0].id}",
+                code="grant-already-extended",
+            )
         not_before = max(parent.expires_at, now)  # the extension takes over where it ends
     grant = Grant(
         id=new_id("grt"),
@@ -408,6 +415,8 @@ def _extension_problem(
     tx: Tx, rule: Rule, grant: Grant, length: timedelta, now: datetime
 ) -> str | None:
     limits = rule.extensions
+    if continued := tx.access.list_extending(grant.id):
+        return f"grant {grant.id} is already extended by {continued[0].id}; extend that one"
     chain = [grant]
     while chain[-1].extends is not None and len(chain) <= limits.max_count + 1:
         parent = tx.access.get_grant(chain[-1].extends)
@@ -573,14 +582,22 @@ def approve(
             )
         _check_reviewer(tx, ctx, request, approver, now)
         votes = tx.access.list_approvals(request_id)
-        if any(v.approver == approver.id for v in votes):
+        current = terms_hash(request)
+        earlier = next((v for v in votes if v.approver == approver.id), None)
+        # One vote per person and terms: an approval given for terms that have since been
+        # narrowed no longer counts, so its approver may approve the new terms.
+        if earlier is not None and (earlier.verdict != "approve" or earlier.terms_hash == current):
             raise Conflict("you have already voted on this request", code="already-approved")
         narrowed = _narrow(request, scopes, duration)
         if narrowed is not request:
             tx.access.save_request_terms(narrowed)
         request, was = narrowed, request
         vote = Approval(request_id, approver.id, "approve", comment, now, terms_hash(request))
-        tx.access.insert_approval(vote)
+        if earlier is None:
+            tx.access.insert_approval(vote)
+        else:
+            tx.access.replace_approval(vote)
+            votes.remove(earlier)
         votes.append(vote)
         filled, _ = _tally(tx, ctx, request, votes, now)
         data: dict[str, Any] = {

@@ -1,13 +1,15 @@
-"""Grants: tokens, release, revocation (one grant or the kill switch), and expiry.
+"""Grants: tokens, release, revocation (one grant or the kill switch), review, expiry.
 
 A revocation is announced on the change feed after it commits and before the call
 returns, so in one process (``jitgate up``) the gateway refuses the grant's tokens
-from the moment the revoke call answers.
+from the moment the revoke call answers. Ending a grant early also ends every grant
+that continues it (an extension, and its own extensions), in the same transaction: a
+scheduled continuation never outlives the grant it extends.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from jitgate.audit.events import EventType, NewEvent
@@ -41,14 +43,17 @@ def list_grants(
     active: bool | None = None,
     principal: str | None = None,
     api: str | None = None,
+    needs_review: bool | None = None,
     limit: int = 100,
 ) -> list[Grant]:
+    """Grants, newest first; ``needs_review=True``: those still awaiting a review."""
     now = ctx.now()
     with ctx.store.read() as tx:
         found = tx.access.list_grants(
             status=GrantStatus.ACTIVE if active else None,
             principal=principal,
             api=api,
+            needs_review=needs_review,
             limit=None if active is False else limit,
         )
     if active is not None:
@@ -89,37 +94,54 @@ def issue_token(ctx: Context, actor: Principal, grant_id: str) -> IssuedToken:
     )
 
 
-def _may_revoke(tx: Tx, actor: Principal, grant: Grant) -> bool:
-    if actor.is_admin or actor.id == grant.principal:
+def _oversees(tx: Tx, actor: Principal, grant: Grant) -> bool:
+    """An administrator, or a member of the grant's API's owner groups."""
+    if actor.is_admin:
         return True
     api = tx.directory.get_api(grant.api)
     return api is not None and not api.owners.isdisjoint(actor.groups)
 
 
-def _end(tx: Tx, grant: Grant, actor: Principal, reason: str, now: datetime) -> Grant:
-    released = actor.id == grant.principal
-    status = GrantStatus.RELEASED if released else GrantStatus.REVOKED
-    ended = end_grant(grant, status, now, actor.id, reason)
-    tx.access.save_grant_state(ended)
-    tx.audit.append(
-        [
-            NewEvent(
-                type=EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED,
-                at=now,
-                actor=actor.id,
-                principal=grant.principal,
-                api=grant.api,
-                grant=grant.id,
-                request=grant.request_id,
-                data={"reason": reason},
-            )
-        ]
-    )
+def _may_revoke(tx: Tx, actor: Principal, grant: Grant) -> bool:
+    return actor.id == grant.principal or _oversees(tx, actor, grant)
+
+
+def _end(tx: Tx, grant: Grant, actor: Principal, reason: str, now: datetime) -> list[Grant]:
+    """End ``grant`` and, after it, every active grant that continues it (depth first)."""
+    ended: list[Grant] = []
+    todo: list[tuple[Grant, str | None]] = [(grant, None)]
+    while todo:
+        current, because = todo.pop()
+        released = actor.id == current.principal
+        status = GrantStatus.RELEASED if released else GrantStatus.REVOKED
+        done = end_grant(current, status, now, actor.id, reason)
+        tx.access.save_grant_state(done)
+        data = {"reason": reason} if because is None else {"reason": reason, "ended_with": because}
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED,
+                    at=now,
+                    actor=actor.id,
+                    principal=current.principal,
+                    api=current.api,
+                    grant=current.id,
+                    request=current.request_id,
+                    data=data,
+                )
+            ]
+        )
+        ended.append(done)
+        todo.extend(
+            (child, current.id)
+            for child in reversed(tx.access.list_extending(current.id, lock=True))
+            if now < child.expires_at
+        )
     return ended
 
 
 def revoke(ctx: Context, actor: Principal, grant_id: str, reason: str) -> Grant:
-    """Revoke one grant (or release it, when the grantee calls)."""
+    """Revoke one grant (or release it, when the grantee calls), and its continuations."""
     reason = (reason or "").strip()
     now = ctx.now()
     with ctx.store.transaction() as tx:
@@ -135,8 +157,55 @@ def revoke(ctx: Context, actor: Principal, grant_id: str, reason: str) -> Grant:
         if actor.id != grant.principal and not reason:
             raise InvalidInput("a reason is required to revoke someone's grant")
         ended = _end(tx, grant, actor, reason or "released", now)
-    ctx.feed.grant_ended(ended.id, ended.expires_at)
-    return ended
+    for done in ended:
+        ctx.feed.grant_ended(done.id, done.expires_at)
+    return ended[0]
+
+
+def review(ctx: Context, actor: Principal, grant_id: str, comment: str = "") -> Grant:
+    """Record that ``actor`` looked at a grant flagged for review (break glass).
+
+    Reviewers are those who may revoke someone else's grant (an administrator or an
+    owner of the API), never the grantee; a grant is reviewed once.
+    """
+    comment = (comment or "").strip()
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        actor = current_principal(tx, actor)
+        grant = tx.access.get_grant(grant_id, lock=True)
+        if grant is None:
+            raise NotFound(f"no grant {grant_id!r}", code="grant-not-found")
+        if not grant.needs_review:
+            raise Conflict(f"grant {grant_id} was not flagged for review", code="review-not-needed")
+        if actor.id == grant.principal:
+            raise Forbidden("you cannot review your own grant", code="self-review")
+        if not _oversees(tx, actor, grant):
+            raise Forbidden(
+                "only an owner of the API or an administrator may review a grant",
+                code="not-allowed-to-review",
+            )
+        if grant.reviewed_at is not None:
+            raise Conflict(
+                f"grant {grant_id} was already reviewed by {grant.reviewed_by}",
+                code="already-reviewed",
+            )
+        reviewed = replace(grant, reviewed_by=actor.id, reviewed_at=now)
+        tx.access.save_grant_state(reviewed)
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.GRANT_REVIEWED,
+                    at=now,
+                    actor=actor.id,
+                    principal=grant.principal,
+                    api=grant.api,
+                    grant=grant.id,
+                    request=grant.request_id,
+                    data={"comment": comment},
+                )
+            ]
+        )
+    return reviewed
 
 
 def kill_switch(
@@ -147,7 +216,8 @@ def kill_switch(
     api: str | None,
     reason: str,
 ) -> list[Grant]:
-    """Revoke every active grant of a principal and/or an API, in one transaction."""
+    """Revoke every active grant of a principal and/or an API (and their continuations),
+    in one transaction."""
     if principal is None and api is None:
         raise InvalidInput("name a principal, an API, or both")
     reason = (reason or "").strip()
@@ -173,10 +243,13 @@ def kill_switch(
             )
             if now < g.expires_at
         ]
-        ended = [_end(tx, g, actor, reason, now) for g in live]
-    for grant in ended:
+        ended: dict[str, Grant] = {}
+        for g in live:
+            if g.id not in ended:  # else it ended already, with the grant it extends
+                ended.update((done.id, done) for done in _end(tx, g, actor, reason, now))
+    for grant in ended.values():
         ctx.feed.grant_ended(grant.id, grant.expires_at)
-    return ended
+    return list(ended.values())
 
 
 def expire_grants(ctx: Context) -> int:

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Select,
+    and_,
+    func,
+    insert,
+    not_,
+    select,
+    update,
+)
 
 from jitgate.domain.models import (
     AccessRequest,
@@ -38,6 +48,16 @@ class Approval:
             "at": self.at.isoformat(),
             "terms_hash": self.terms_hash,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A denied request, as much as counting recent denials needs."""
+
+    request_id: str
+    requester: str
+    created_at: datetime
+    decided_at: datetime | None
 
 
 def decision_from_json(d: dict[str, Any]) -> Decision:
@@ -222,6 +242,30 @@ class AccessRepo:
             query = query.limit(limit)
         return [_request(r._mapping) for r in self._c.execute(query)]
 
+    def requests_since(self, since: datetime, *, limit: int) -> list[AccessRequest]:
+        """Requests filed at or after ``since``, newest first, at most ``limit``."""
+        query = (
+            select(access_requests)
+            .where(access_requests.c.created_at >= since)
+            .order_by(access_requests.c.created_at.desc(), access_requests.c.id.desc())
+            .limit(limit)
+        )
+        return [_request(r._mapping) for r in self._c.execute(query)]
+
+    def denials_between(self, since: datetime, until: datetime) -> list[Denial]:
+        """Requests denied (now) that were filed from ``since`` to ``until``, oldest first."""
+        c = access_requests.c
+        query = (
+            select(c.id, c.requester, c.created_at, c.decided_at)
+            .where(
+                c.status == RequestStatus.DENIED.value,
+                c.created_at >= since,
+                c.created_at <= until,
+            )
+            .order_by(c.created_at, c.id)
+        )
+        return [Denial(*row) for row in self._c.execute(query)]
+
     # approvals --------------------------------------------------------------
     def insert_approval(self, a: Approval) -> None:
         self._c.execute(
@@ -233,6 +277,14 @@ class AccessRepo:
                 at=a.at,
                 terms_hash=a.terms_hash,
             )
+        )
+
+    def replace_approval(self, a: Approval) -> None:
+        """Replace ``a.approver``'s earlier vote on ``a.request_id`` (re-approving new terms)."""
+        self._c.execute(
+            update(approvals)
+            .where(approvals.c.request_id == a.request_id, approvals.c.approver == a.approver)
+            .values(verdict=a.verdict, comment=a.comment, at=a.at, terms_hash=a.terms_hash)
         )
 
     def list_approvals(self, request_id: str) -> list[Approval]:
@@ -294,9 +346,12 @@ class AccessRepo:
         status: GrantStatus | None = None,
         principal: str | None = None,
         api: str | None = None,
+        needs_review: bool | None = None,
         lock: bool = False,
         limit: int | None = 100,
     ) -> list[Grant]:
+        """Grants matching every filter given; ``needs_review``: flagged and not yet
+        reviewed (true), or not awaiting a review (false)."""
         query = select(grants)
         if status is not None:
             query = query.where(grants.c.status == status.value)
@@ -304,10 +359,25 @@ class AccessRepo:
             query = query.where(grants.c.principal == principal)
         if api is not None:
             query = query.where(grants.c.api == api)
+        if needs_review is not None:
+            awaiting = and_(grants.c.needs_review.is_(True), grants.c.reviewed_at.is_(None))
+            query = query.where(awaiting if needs_review else not_(awaiting))
         # With a lock, a fixed order (by id) keeps concurrent lockers from deadlocking.
         query = query.order_by(grants.c.id) if lock else query.order_by(grants.c.created_at.desc())
         if limit is not None:
             query = query.limit(limit)
+        if lock:
+            query = query.with_for_update()
+        return [_grant(r._mapping) for r in self._c.execute(query)]
+
+    def list_extending(self, grant_id: str, *, lock: bool = False) -> list[Grant]:
+        """Active grants that continue ``grant_id`` (``Grant.extends``), in id order (the
+        order concurrent lockers take them in)."""
+        query = (
+            select(grants)
+            .where(grants.c.extends == grant_id, grants.c.status == GrantStatus.ACTIVE.value)
+            .order_by(grants.c.id)
+        )
         if lock:
             query = query.with_for_update()
         return [_grant(r._mapping) for r in self._c.execute(query)]

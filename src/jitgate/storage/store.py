@@ -43,9 +43,9 @@ EventRouter = Callable[[Tx, Sequence[ChainedEvent]], None]
 
 
 class Store:
-    def __init__(self, engine: Engine, *, router: EventRouter | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.router = router  # see the module docstring
+        self.router: EventRouter | None = None  # see the module docstring
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Store:

@@ -161,6 +161,7 @@ grants = Table(
     Column("reviewed_by", String(64), nullable=True),
     Column("reviewed_at", UTCDateTime, nullable=True),
     Index("ix_grants_status_expires", "status", "expires_at"),
+    Index("ix_grants_extends", "extends"),
     Index("ix_grants_ended_at", "ended_at"),
 )
 

@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("delivered_at", sa.DateTime(), nullable=True),
+        sa.Column("dedupe_key", sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notifications")),
+        sa.UniqueConstraint("dedupe_key", name=op.f("uq_notifications_dedupe_key")),
     )
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.create_index(
@@ -61,10 +63,12 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("reviewed_by", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("reviewed_at", sa.DateTime(), nullable=True))
+        batch_op.create_index("ix_grants_extends", ["extends"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("grants", schema=None) as batch_op:
+        batch_op.drop_index("ix_grants_extends")
         batch_op.drop_column("reviewed_at")
         batch_op.drop_column("reviewed_by")
         batch_op.drop_column("needs_review")
