@@ -124,8 +124,9 @@ class WebhookSettings(_Section):
 
 
 class SlackSettings(_Section):
-    bot_token: SecretStr
-    signing_secret: SecretStr
+    # Never empty: an HMAC under the empty key is one anybody can compute.
+    bot_token: SecretStr = Field(min_length=1)
+    signing_secret: SecretStr = Field(min_length=1)
     api_url: HttpUrl = "https://slack.com/api"
     default_channel: str | None = Field(default=None, min_length=1, max_length=80)
 

@@ -7,6 +7,7 @@ SQLite and PostgreSQL; the end-to-end tests cover the real processes.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +29,17 @@ SERVER = "http://control.test"
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No setting of the developer's shell leaks in; the CLI's profiles live in tmp."""
+    """No setting of the developer's shell leaks in; the CLI's profiles live in tmp. Logging
+    is as a fresh `jitgate` process has it (no handlers, WARNING), whatever an earlier test
+    that ran `jitgate up` in this process configured: the in-process server's and HTTP
+    client's logs must not reach a command's captured output."""
     for name in list(os.environ):
         if name.startswith("JITGATE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("JITGATE_CLI_CONFIG", str(tmp_path / "cli.json"))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(root, "level", logging.WARNING)
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

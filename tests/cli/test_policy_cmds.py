@@ -24,7 +24,7 @@ GOOD_RULE = (
 def test_check_accepts_the_demo_policy() -> None:
     result = run("policy", "check", DEMO)
     assert result.exit_code == 0, result.stderr
-    assert f"{DEMO}: ok, 2 rule(s)" in result.stdout
+    assert f"{DEMO}: ok, 4 rule(s)" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -87,13 +87,30 @@ def test_explain_offline_shows_the_approvals_a_write_needs() -> None:
 
 def test_explain_offline_denies_an_uncovered_request_with_every_rules_reason() -> None:
     code, out = explain(
-        "--principal", "bob", "--group", "approvers", "-s", "GET /v1/x", "--for", "10m"
+        "--principal", "mallory", "--group", "sales", "-s", "GET /v1/x", "--for", "10m"
     )
     assert code == 0
     assert "decision: deny (rule -)" in out
-    assert "demo-read-self-service (line" in out
-    assert "demo-writes-need-approval (line" in out
+    for rule in (
+        "demo-read-self-service",
+        "demo-writes-need-approval",
+        "demo-approvers-low-risk",
+        "demo-approvers-two-step",
+    ):
+        assert f"{rule} (line" in out
+    assert "requester mallory is not in groups [approvers]" in out
     assert " => " not in out
+    assert "not consulted" not in out
+
+
+def test_explain_lists_the_rules_after_the_deciding_one_as_not_consulted() -> None:
+    code, out = explain(
+        "--principal", "alice", "--group", "engineering", "-s", "GET /v1/x", "--for", "5m"
+    )
+    assert code == 0
+    assert " => demo-read-self-service (line" in out
+    assert "demo-approvers-two-step (line" in out
+    assert out.count("not consulted") == 3
 
 
 def test_explain_json() -> None:

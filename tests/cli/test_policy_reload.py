@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-
-import pytest
 
 from jitgate.policy import load_policy
 from jitgate.services.context import Context
 from tests.cli.conftest import Cli, one_line_error
 from tests.services.test_policy_reload import BAD, BAD_SCOPE_LINE, READS, WRITES
-
-
-@pytest.fixture(autouse=True)
-def _logs_kept_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server's and httpx's logs must not reach the CLI's captured stderr, nor a
-    handler that an earlier test (which ran ``jitgate up``) left on a closed stream."""
-    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
 
 
 def test_policy_reload_prints_the_new_digest_or_the_error(

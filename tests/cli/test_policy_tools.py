@@ -4,7 +4,6 @@ in-process control plane)."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ cases:
     expect: {outcome: needs_approval, approvals_required: 1}
 """
 WRONG = TABLE.replace("approvals_required: 1", "approvals_required: 2")
-
-
-@pytest.fixture(autouse=True)
-def _client_log_kept_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The in-process HTTP client logs each call at INFO; once an earlier test has set up
-    logging (``jitgate up``'s configuration), that line would reach the captured stderr."""
-    monkeypatch.setattr(logging.getLogger("httpx"), "disabled", True)
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

@@ -6,13 +6,13 @@ caller names; ``source`` is only the name its errors are reported under.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field
 
 from jitgate.control.deps import Caller, Ctx
-from jitgate.control.schemas import Body, iso
+from jitgate.control.schemas import Body, Duration, iso
 from jitgate.services.replay import MAX_EXAMINED, Changed, Replay, replay
 
 router = APIRouter(prefix="/v1")
@@ -22,10 +22,7 @@ MAX_POLICY_TEXT = 1_000_000  # characters; far above any real policy
 
 class ReplayIn(Body):
     policy: str = Field(max_length=MAX_POLICY_TEXT, description="the candidate policy (YAML)")
-    since: (
-        Annotated[StrictStr, Field(max_length=32)]
-        | Annotated[StrictInt, Field(ge=-(2**31), le=2**31)]
-    ) = Field(default="30d", description="how far back: 30d, 12h, … or seconds")
+    since: Duration = Field(default="30d", description="how far back: 30d, 12h, … or seconds")
     source: str = Field(
         default="candidate", min_length=1, max_length=200, description="names it in errors"
     )

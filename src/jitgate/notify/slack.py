@@ -48,7 +48,7 @@ def parse_click(body: bytes) -> SlackClick:
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
         payload = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError) as exc:
+    except (UnicodeDecodeError, ValueError, KeyError, RecursionError) as exc:
         raise InvalidInput(
             "expected a form field 'payload' holding Slack's JSON", code="bad-slack-payload"
         ) from exc
@@ -63,7 +63,7 @@ def parse_click(body: bytes) -> SlackClick:
         raise InvalidInput(f"unknown action {str(kind)[:64]!r}", code="bad-slack-payload")
     try:
         value = json.loads(_text(action.get("value"), "button value", 2000))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # json.loads recurses once per level
         raise InvalidInput("the button value is not JSON", code="bad-slack-payload") from exc
     if not isinstance(value, dict):
         raise InvalidInput("the button value is not a JSON object", code="bad-slack-payload")

@@ -204,7 +204,7 @@ def eligible_steps(
         if step.when is not None:
             try:
                 holds = _reviewer_condition(step.when).holds(shared.context())
-            except ConditionError as exc:
+            except (ConditionError, ValueError) as exc:  # ValueError: it no longer compiles
                 why.append(f"{_step_name(step)}: reviewer condition failed ({exc})")
                 continue
             if not holds:

@@ -211,6 +211,8 @@ def compose_yaml(
         raise error_at(source, line, (), f"unacceptable character #x{exc.character:04x}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    except RecursionError as exc:  # the composer and the walker recurse once per level
+        raise error_at(source, 1, (), f"the {what} nests too deeply") from exc
     finally:
         if loader is not None:
             loader.dispose()

@@ -157,9 +157,10 @@ def _check_text(reason: str, ticket: str | None) -> str:
 
 
 def _parse_scopes(scopes: list[str]) -> tuple[Scope, ...]:
+    """The scopes, parsed, in order, each once (a repeated scope asks for nothing more)."""
     if not scopes or len(scopes) > MAX_SCOPES:
         raise InvalidInput(f"give between 1 and {MAX_SCOPES} scopes")
-    return tuple(parse_scope(s) for s in scopes)
+    return tuple(dict.fromkeys(parse_scope(s) for s in scopes))
 
 
 def _body_hash(body: dict[str, Any]) -> str:
@@ -197,6 +198,7 @@ def create_request(
         if (
             not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
             or not idempotency_key.isprintable()
+            or not idempotency_key.strip()
         ):
             raise InvalidInput(
                 f"the Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
@@ -488,14 +490,13 @@ def _eligibility(
 
 def _check_reviewer(
     tx: Tx, ctx: Context, request: AccessRequest, reviewer: Principal, now: datetime
-) -> Principal:
+) -> None:
     if reviewer.id == request.requester:
         raise Forbidden("you cannot approve or deny your own request", code="self-approval")
     current = current_principal(tx, reviewer)  # eligibility as of now, not of login
     steps, problem = _eligibility(tx, ctx, request, current, now)
     if not steps:
         raise Forbidden(problem or "not eligible", code="not-eligible")
-    return current
 
 
 def _tally(
@@ -541,6 +542,8 @@ def _narrow(
                     code="approval-widens",
                 )
         new_scopes = tuple(str(s) for s in parsed)
+        if set(new_scopes) == set(current_scopes):
+            new_scopes = current_scopes  # the same scopes (reordered) are not a narrowing
     new_duration = current_duration
     if duration is not None:
         new_duration = parse_duration(duration)
@@ -581,6 +584,12 @@ def approve(
                 code="request-changed",
             )
         _check_reviewer(tx, ctx, request, approver, now)
+        requester = tx.directory.get_principal(request.requester)
+        if requester is None or requester.disabled:  # the engine refuses them at filing too
+            raise Conflict(
+                f"the requester {request.requester} is disabled; the request cannot be granted",
+                code="requester-disabled",
+            )
         votes = tx.access.list_approvals(request_id)
         current = terms_hash(request)
         earlier = next((v for v in votes if v.approver == approver.id), None)
