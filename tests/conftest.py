@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,11 +78,23 @@ def _truncate(store: Store) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated once per run; each test starts from a copy of it."""
+    path = tmp_path_factory.mktemp("template") / "jitgate.db"
+    Store.open(f"sqlite:///{path}").close()
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A migrated, empty store: SQLite in a temporary file, or the run's PostgreSQL."""
+    """A migrated, empty store: SQLite in a temporary file (a copy of a file migrated once
+    per run), or the run's PostgreSQL."""
     if request.param == "sqlite":
-        store = Store.open(f"sqlite:///{tmp_path / 'jitgate.db'}")
+        copy = tmp_path / "jitgate.db"
+        shutil.copyfile(request.getfixturevalue("_migrated_sqlite"), copy)
+        copy.chmod(0o600)
+        store = Store.open(f"sqlite:///{copy}", migrate_schema=False)
         yield store
         store.close()
         return

@@ -11,11 +11,9 @@ no request change, approval, grant or audit event — was written.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,8 +37,6 @@ from jitgate.services import access, directory, grants
 from jitgate.services.access import RequestView
 from jitgate.services.context import Context
 from jitgate.storage.audit_repo import AuditFilter
-from jitgate.storage.store import Store
-from tests.conftest import _truncate
 
 from .conftest import UPSTREAM, count_rows, event_types, last_seq
 
@@ -115,31 +111,6 @@ PEOPLE: dict[str, tuple[tuple[str, ...], dict[str, Any], bool]] = {
     "dana": (("approvers", "security"), {}, False),  # eligible for both steps
     "ron": (("sre",), {}, False),
 }
-
-
-@pytest.fixture(scope="session")
-def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "jitgate.db"
-    Store.open(f"sqlite:///{path}").close()
-    return path
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, _migrated_sqlite: Path
-) -> Iterator[Store]:
-    """The shared ``store`` fixture, but SQLite starts from a copy of a migrated file
-    (running the migrations for each of the many cases here would dominate the run)."""
-    if request.param == "sqlite":
-        copy = tmp_path / "jitgate.db"
-        shutil.copyfile(_migrated_sqlite, copy)
-        store = Store.open(f"sqlite:///{copy}", migrate_schema=False)
-        yield store
-        store.close()
-        return
-    pg: Store = request.getfixturevalue("_pg_store")
-    _truncate(pg)
-    yield pg
 
 
 @dataclass

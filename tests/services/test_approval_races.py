@@ -9,57 +9,24 @@ unique constraint and the replay path must hold on each.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pytest
 
 from jitgate.domain.models import Principal, RequestStatus
-from jitgate.errors import Conflict, JitgateError
+from jitgate.errors import Conflict
 from jitgate.services import access
 from jitgate.services.access import RequestView
 from jitgate.services.context import Context
 from jitgate.storage.audit_repo import AuditFilter
 
 from .conftest import Demo, add_principal, count_rows, two_person_policy
+from .test_concurrency import race
 
 ROUNDS = 30
 TIME_BUDGET = 8.0  # seconds per test: stop looping early rather than run long
-
-
-@dataclass
-class Result:
-    value: Any = None
-    error: JitgateError | None = None
-    crash: BaseException | None = None
-
-
-def race(calls: list[Callable[[], Any]]) -> list[Result]:
-    barrier = threading.Barrier(len(calls))
-    results = [Result() for _ in calls]
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[i].value = calls[i]()
-        except JitgateError as exc:
-            results[i].error = exc
-        except BaseException as exc:
-            results[i].crash = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads), "a racing thread hung"
-    crashes = [r.crash for r in results if r.crash is not None]
-    assert not crashes, f"not a clean win or a domain error: {crashes!r}"
-    return results
 
 
 @pytest.fixture

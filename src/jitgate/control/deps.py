@@ -18,6 +18,22 @@ def get_ctx(request: Request) -> Context:
     return ctx
 
 
+def auth_failure(ctx: Context, request: Request, credential: str) -> None:
+    """Record a refused credential (``none``, ``invalid``, ``slack-signature``, …)."""
+    ctx.audit.submit(
+        NewEvent(
+            type=EventType.AUTH_FAILED,
+            at=ctx.now(),
+            data={
+                "method": request.method,
+                "path": request.url.path[:256],
+                "client": request.client.host if request.client else None,
+                "credential": credential,
+            },
+        )
+    )
+
+
 def get_caller(request: Request, ctx: Annotated[Context, Depends(get_ctx)]) -> Principal:
     values = request.headers.getlist("authorization")
     token = None
@@ -27,18 +43,7 @@ def get_caller(request: Request, ctx: Annotated[Context, Depends(get_ctx)]) -> P
     try:
         return directory.authenticate(ctx, token)
     except Unauthenticated:
-        ctx.audit.submit(
-            NewEvent(
-                type=EventType.AUTH_FAILED,
-                at=ctx.now(),
-                data={
-                    "method": request.method,
-                    "path": request.url.path[:256],
-                    "client": request.client.host if request.client else None,
-                    "credential": "none" if not values else "invalid",
-                },
-            )
-        )
+        auth_failure(ctx, request, "none" if not values else "invalid")
         raise
 
 

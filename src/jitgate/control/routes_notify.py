@@ -13,8 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from jitgate.audit.events import EventType, NewEvent
-from jitgate.control.deps import Caller, Ctx
+from jitgate.control.deps import Caller, Ctx, auth_failure
 from jitgate.control.schemas import iso
 from jitgate.errors import InvalidInput, Unauthenticated
 from jitgate.notify import admin, slack
@@ -90,16 +89,6 @@ async def slack_interactions(request: Request, ctx: Ctx) -> dict[str, Any]:
             ctx.clock.timestamp(),
         )
     except BadSignature:
-        failure = NewEvent(
-            type=EventType.AUTH_FAILED,
-            at=ctx.now(),
-            data={
-                "method": request.method,
-                "path": request.url.path[:256],
-                "client": request.client.host if request.client else None,
-                "credential": "slack-signature",
-            },
-        )
-        await run_in_threadpool(ctx.audit.submit, failure)
+        await run_in_threadpool(auth_failure, ctx, request, "slack-signature")
         raise
     return await run_in_threadpool(slack.act, ctx, body)

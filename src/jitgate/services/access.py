@@ -36,6 +36,7 @@ from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
 from jitgate.policy.engine import Evaluation, Subject, eligible_steps, evaluate, steps_met
 from jitgate.policy.model import Rule
 from jitgate.services.context import Context, current_principal, new_id
+from jitgate.services.grants import grant_event
 from jitgate.storage.access_repo import Approval
 from jitgate.storage.store import Tx
 
@@ -56,6 +57,21 @@ class RequestView:
     @property
     def terms_hash(self) -> str:
         return terms_hash(self.request)
+
+
+def _event(
+    kind: EventType, request: AccessRequest, now: datetime, actor: str, data: dict[str, Any]
+) -> NewEvent:
+    """An audit event about ``request`` (its requester, API and id filled in)."""
+    return NewEvent(
+        type=kind,
+        at=now,
+        actor=actor,
+        principal=request.requester,
+        api=request.api,
+        request=request.id,
+        data=data,
+    )
 
 
 def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Grant:
@@ -99,20 +115,7 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
         data["extends"] = grant.extends
     if grant.needs_review:
         data.update(break_glass=True, needs_review=True, reason=request.reason)
-    tx.audit.append(
-        [
-            NewEvent(
-                type=EventType.GRANT_ISSUED,
-                at=now,
-                actor=actor,
-                principal=grant.principal,
-                api=grant.api,
-                grant=grant.id,
-                request=request.id,
-                data=data,
-            )
-        ]
-    )
+    tx.audit.append([grant_event(EventType.GRANT_ISSUED, grant, now, actor, data)])
     return grant
 
 
@@ -280,7 +283,6 @@ def _file(
     """Store a new request with its decision, and act on the decision."""
     decision = request.decision
     tx.access.insert_request(request, idempotency=idempotency)
-    common = {"actor": request.requester, "principal": request.requester, "api": request.api}
     created: dict[str, Any] = {
         "scopes": list(request.scopes),
         "duration_seconds": int(request.duration.total_seconds()),
@@ -293,12 +295,8 @@ def _file(
     decided = {**decision.as_dict(), "terms_hash": terms_hash(request)}
     tx.audit.append(
         [
-            NewEvent(
-                type=EventType.REQUEST_CREATED, at=now, request=request.id, data=created, **common
-            ),
-            NewEvent(
-                type=EventType.REQUEST_DECIDED, at=now, request=request.id, data=decided, **common
-            ),
+            _event(EventType.REQUEST_CREATED, request, now, request.requester, created),
+            _event(EventType.REQUEST_DECIDED, request, now, request.requester, decided),
         ]
     )
     grant = None
@@ -309,19 +307,8 @@ def _file(
     elif decision.outcome is Outcome.DENY:
         request = close_request(request, RequestStatus.DENIED, now)
         tx.access.save_request_state(request)
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.REQUEST_DENIED,
-                    at=now,
-                    actor="policy",
-                    principal=request.requester,
-                    api=request.api,
-                    request=request.id,
-                    data={"reasons": list(decision.reasons), "rule": decision.rule},
-                )
-            ]
-        )
+        denied = {"reasons": list(decision.reasons), "rule": decision.rule}
+        tx.audit.append([_event(EventType.REQUEST_DENIED, request, now, "policy", denied)])
     return RequestView(request=request, approvals=[], grant=grant)
 
 
@@ -625,19 +612,7 @@ def approve(
                 "scopes": list(scopes_now),
                 "duration_seconds": int(duration_now.total_seconds()),
             }
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.REQUEST_APPROVED,
-                    at=now,
-                    actor=approver.id,
-                    principal=request.requester,
-                    api=request.api,
-                    request=request.id,
-                    data=data,
-                )
-            ]
-        )
+        tx.audit.append([_event(EventType.REQUEST_APPROVED, request, now, approver.id, data)])
         grant = None
         if all(
             have >= step.count for step, have in zip(request.decision.steps, filled, strict=True)
@@ -666,23 +641,9 @@ def deny(ctx: Context, approver: Principal, request_id: str, comment: str = "") 
         if final:
             request = close_request(request, RequestStatus.DENIED, now)
             tx.access.save_request_state(request)
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.REQUEST_DENIED if final else EventType.REQUEST_DENY_VOTED,
-                    at=now,
-                    actor=approver.id,
-                    principal=request.requester,
-                    api=request.api,
-                    request=request.id,
-                    data={
-                        "comment": comment,
-                        "denials": denials,
-                        "deny_count": request.decision.deny_count,
-                    },
-                )
-            ]
-        )
+        kind = EventType.REQUEST_DENIED if final else EventType.REQUEST_DENY_VOTED
+        data = {"comment": comment, "denials": denials, "deny_count": request.decision.deny_count}
+        tx.audit.append([_event(kind, request, now, approver.id, data)])
     return RequestView(request=request, approvals=votes, grant=None)
 
 
@@ -698,19 +659,8 @@ def cancel(ctx: Context, actor: Principal, request_id: str, comment: str = "") -
         request = _pending_locked(tx, ctx, request_id, now)
         request = close_request(request, RequestStatus.CANCELLED, now)
         tx.access.save_request_state(request)
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.REQUEST_CANCELLED,
-                    at=now,
-                    actor=actor.id,
-                    principal=request.requester,
-                    api=request.api,
-                    request=request.id,
-                    data={"comment": comment},
-                )
-            ]
-        )
+        cancelled = {"comment": comment}
+        tx.audit.append([_event(EventType.REQUEST_CANCELLED, request, now, actor.id, cancelled)])
         votes = tx.access.list_approvals(request_id)
     return RequestView(request=request, approvals=votes, grant=None)
 
@@ -734,14 +684,12 @@ def expire_pending(ctx: Context) -> int:
             tx.access.save_request_state(close_request(request, RequestStatus.EXPIRED, now))
         tx.audit.append(
             [
-                NewEvent(
-                    type=EventType.REQUEST_EXPIRED,
-                    at=now,
-                    actor="system",
-                    principal=r.requester,
-                    api=r.api,
-                    request=r.id,
-                    data={"pending_ttl_seconds": int(_pending_ttl(ctx, r).total_seconds())},
+                _event(
+                    EventType.REQUEST_EXPIRED,
+                    r,
+                    now,
+                    "system",
+                    {"pending_ttl_seconds": int(_pending_ttl(ctx, r).total_seconds())},
                 )
                 for r in stale
             ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.domain.lifecycle import end_grant
@@ -27,6 +28,22 @@ class IssuedToken:
     expires_at: datetime
     gateway_url: str
     grant: Grant
+
+
+def grant_event(
+    kind: EventType, grant: Grant, now: datetime, actor: str, data: dict[str, Any] | None = None
+) -> NewEvent:
+    """An audit event about ``grant`` (its principal, API, id and request filled in)."""
+    return NewEvent(
+        type=kind,
+        at=now,
+        actor=actor,
+        principal=grant.principal,
+        api=grant.api,
+        grant=grant.id,
+        request=grant.request_id,
+        data=data or {},
+    )
 
 
 def get_grant(ctx: Context, grant_id: str) -> Grant:
@@ -75,14 +92,12 @@ def issue_token(ctx: Context, actor: Principal, grant_id: str) -> IssuedToken:
         token, jti = issue(grant, ctx.keyring, ctx.issuer, now)
         tx.audit.append(
             [
-                NewEvent(
-                    type=EventType.GRANT_TOKEN_ISSUED,
-                    at=now,
-                    actor=actor.id,
-                    principal=grant.principal,
-                    api=grant.api,
-                    grant=grant.id,
-                    data={"jti": jti, "kid": ctx.keyring.signing_kid},
+                grant_event(
+                    EventType.GRANT_TOKEN_ISSUED,
+                    grant,
+                    now,
+                    actor.id,
+                    {"jti": jti, "kid": ctx.keyring.signing_kid},
                 )
             ]
         )
@@ -119,15 +134,12 @@ def _end(tx: Tx, grant: Grant, actor: Principal, reason: str, now: datetime) -> 
         data = {"reason": reason} if because is None else {"reason": reason, "ended_with": because}
         tx.audit.append(
             [
-                NewEvent(
-                    type=EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED,
-                    at=now,
-                    actor=actor.id,
-                    principal=current.principal,
-                    api=current.api,
-                    grant=current.id,
-                    request=current.request_id,
-                    data=data,
+                grant_event(
+                    EventType.GRANT_RELEASED if released else EventType.GRANT_REVOKED,
+                    current,
+                    now,
+                    actor.id,
+                    data,
                 )
             ]
         )
@@ -192,18 +204,7 @@ def review(ctx: Context, actor: Principal, grant_id: str, comment: str = "") -> 
         reviewed = replace(grant, reviewed_by=actor.id, reviewed_at=now)
         tx.access.save_grant_state(reviewed)
         tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.GRANT_REVIEWED,
-                    at=now,
-                    actor=actor.id,
-                    principal=grant.principal,
-                    api=grant.api,
-                    grant=grant.id,
-                    request=grant.request_id,
-                    data={"comment": comment},
-                )
-            ]
+            [grant_event(EventType.GRANT_REVIEWED, grant, now, actor.id, {"comment": comment})]
         )
     return reviewed
 
@@ -261,18 +262,5 @@ def expire_grants(ctx: Context) -> int:
             tx.access.save_grant_state(
                 end_grant(grant, GrantStatus.EXPIRED, now, "system", "expired")
             )
-        tx.audit.append(
-            [
-                NewEvent(
-                    type=EventType.GRANT_EXPIRED,
-                    at=now,
-                    actor="system",
-                    principal=g.principal,
-                    api=g.api,
-                    grant=g.id,
-                    request=g.request_id,
-                )
-                for g in due
-            ]
-        )
+        tx.audit.append([grant_event(EventType.GRANT_EXPIRED, g, now, "system") for g in due])
     return len(due)
