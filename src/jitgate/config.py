@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -84,13 +86,32 @@ class ControlSettings(_Section):
         return (self.public_url or f"http://{self.listen}").rstrip("/")
 
 
+class DecisionSettings(_Section):
+    """The decision endpoints (``/authz/…``) answer with the upstream secret: they are off
+    unless enabled, and then answer only callers (the proxies) within ``allow_from``."""
+
+    enabled: bool = False
+    allow_from: list[IPv4Network | IPv6Network] = [
+        IPv4Network("127.0.0.1/32"),
+        IPv6Network("::1/128"),
+    ]
+
+
 class GatewaySettings(_Section):
     listen: Listen = "127.0.0.1:8701"
     public_url: str | None = None
     clock_skew: DurationOrZero = timedelta(0)  # leeway on nbf/exp; at most 5s
     token_cache_size: int = 65_536
     upstream_connect_timeout: Duration = timedelta(seconds=5)
-    upstream_timeout: Duration = timedelta(seconds=60)
+    upstream_timeout: Duration = timedelta(seconds=60)  # for the answer's head, and per body read
+    # A caller must finish its request head within this of connecting (or of its previous
+    # answer), and each read of its body must bring data within it: slow clients are cut.
+    client_timeout: Duration = timedelta(seconds=30)
+    max_body_size: ByteSize = ByteSize(1 << 30)  # request bodies, counted while streaming
+    # Upstreams on link-local / cloud-metadata addresses (169.254.0.0/16, fe80::/10,
+    # fd00:ec2::254): refused at registration and at connect time unless this is true.
+    allow_link_local_upstreams: bool = False
+    decisions: DecisionSettings = DecisionSettings()
 
     @property
     def url(self) -> str:

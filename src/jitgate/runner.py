@@ -131,7 +131,9 @@ async def _run(
             assert rt.view is not None
             await rt.proxy.start()
             runners.append(
-                await _serve_aiohttp(create_gateway_server(rt.proxy), sockets["gateway"])
+                await _serve_aiohttp(
+                    create_gateway_server(rt.proxy, rt.decisions), sockets["gateway"]
+                )
             )
             # Other processes' revocations arrive by resync: at most 250 ms late (SPEC: < 1 s).
             period = min(max(settings.revocation.max_staleness.total_seconds() / 4, 0.05), 0.25)
@@ -141,6 +143,7 @@ async def _run(
             ctx = rt.ctx
             jobs = [
                 (1.0, lambda: grants.expire_grants(ctx), "expire-grants"),
+                (5.0, lambda: grants.revoke_idle(ctx), "revoke-idle-grants"),
                 (5.0, lambda: access.expire_pending(ctx), "expire-pending"),
                 (
                     settings.audit.checkpoint_interval.total_seconds(),

@@ -14,6 +14,7 @@ from jitgate.audit.writer import Append, AuditWriter
 from jitgate.clock import Clock, SystemClock
 from jitgate.config import Settings
 from jitgate.errors import ConfigError
+from jitgate.gateway.authz import DecisionEndpoints
 from jitgate.gateway.enforce import Enforcer
 from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.view import GatewayView
@@ -60,6 +61,7 @@ class Runtime:
     view: GatewayView | None
     proxy: Proxy | None
     notifier: Notifier | None = None
+    decisions: DecisionEndpoints | None = None  # the /authz/… endpoints, when enabled
 
     def close(self) -> None:
         self.writer.close()
@@ -91,7 +93,7 @@ def build(
         queue_size=settings.audit.queue_size,
     )
     writer.start()
-    view = proxy = None
+    view = proxy = decisions = None
     if gateway:
         view = GatewayView(
             store, box, clock, max_staleness=settings.revocation.max_staleness.total_seconds()
@@ -109,6 +111,7 @@ def build(
         feed=view if view is not None else NullFeed(),
         slack_signing_secret=_slack_signing_secret(settings),
         policy_file=settings.policy_file,
+        allow_link_local_upstreams=settings.gateway.allow_link_local_upstreams,
     )
     if view is not None:
         enforcer = Enforcer(
@@ -123,10 +126,15 @@ def build(
             clock,
             connect_timeout=settings.gateway.upstream_connect_timeout.total_seconds(),
             timeout=settings.gateway.upstream_timeout.total_seconds(),
+            client_timeout=settings.gateway.client_timeout.total_seconds(),
+            max_body_size=settings.gateway.max_body_size,
+            allow_link_local=settings.gateway.allow_link_local_upstreams,
         )
+        if settings.gateway.decisions.enabled:
+            decisions = DecisionEndpoints(proxy, allow_from=settings.gateway.decisions.allow_from)
     record_policy(ctx, policy)
     ensure_admin(ctx, settings.state_dir)
-    return Runtime(settings, store, ctx, writer, view, proxy, notifier)
+    return Runtime(settings, store, ctx, writer, view, proxy, notifier, decisions)
 
 
 def _slack_signing_secret(settings: Settings) -> Secret | None:

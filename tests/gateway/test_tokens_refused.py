@@ -204,7 +204,7 @@ async def test_two_authorization_headers_sent_raw_are_refused(gw: Harness) -> No
 
 async def test_a_header_too_large_for_the_gateway_never_reaches_upstream(gw: Harness) -> None:
     reply = await gw.raw_request("GET", TARGET, "a" * 9000)
-    assert reply.status == 400  # refused by the HTTP parser itself (limit 8190 bytes)
+    assert reply.status == 431  # refused by the HTTP parser itself (limit 8190 bytes)
     assert gw.hits == []
 
 

@@ -208,7 +208,7 @@ def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
             if g.status is GrantStatus.ACTIVE
             else 0
         ),
-        "max_calls": g.max_calls,
+        **g.limits.as_dict(),
         "created_at": iso(g.created_at),
         "ended_at": iso(g.ended_at),
         "ended_by": g.ended_by,

@@ -81,6 +81,51 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Usage limits a grant carries from the rule that granted it (``None``: no limit).
+
+    ``max_calls``: calls the gateway admits in the grant's whole life; ``rate_calls`` per
+    ``rate_window``: calls admitted in any such window; ``idle_timeout``: a grant unused
+    for this long is revoked by itself.
+    """
+
+    max_calls: int | None = None
+    rate_calls: int | None = None
+    rate_window: timedelta | None = None
+    idle_timeout: timedelta | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_calls": self.max_calls,
+            "rate_limit": (
+                None
+                if self.rate_calls is None or self.rate_window is None
+                else {
+                    "calls": self.rate_calls,
+                    "per_seconds": int(self.rate_window.total_seconds()),
+                }
+            ),
+            "idle_timeout_seconds": (
+                None if self.idle_timeout is None else int(self.idle_timeout.total_seconds())
+            ),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Limits:
+        rate = d.get("rate_limit")
+        idle = d.get("idle_timeout_seconds")
+        return cls(
+            max_calls=d.get("max_calls"),
+            rate_calls=None if rate is None else int(rate["calls"]),
+            rate_window=None if rate is None else timedelta(seconds=int(rate["per_seconds"])),
+            idle_timeout=None if idle is None else timedelta(seconds=int(idle)),
+        )
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
 class Risk:
     score: int
     factors: tuple[tuple[str, int], ...] = ()
@@ -132,6 +177,7 @@ class Decision:
     pending_ttl: timedelta | None = None
     break_glass: bool = False
     notify: dict[str, str] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
     @property
     def approvals_required(self) -> int:
@@ -156,6 +202,7 @@ class Decision:
             ),
             "break_glass": self.break_glass,
             "notify": dict(self.notify),
+            "limits": self.limits.as_dict(),
             "policy_version": self.policy_version,
         }
 
@@ -196,7 +243,7 @@ class Grant:
     expires_at: datetime
     status: GrantStatus
     created_at: datetime
-    max_calls: int | None = None
+    limits: Limits = NO_LIMITS
     ended_at: datetime | None = None
     ended_by: str | None = None
     end_reason: str | None = None

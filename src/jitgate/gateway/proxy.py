@@ -1,18 +1,23 @@
 """The streaming reverse proxy (aiohttp server and client).
 
-For each call: enforce (:mod:`jitgate.gateway.enforce`), build the upstream request
-from the caller's — minus its credential, hop-by-hop headers (and those named in
-``Connection``), ``Host`` and any copy of the upstream credential header — then inject
-the secret last, stream the body up and the answer back, and audit the outcome. Upstream
-redirects are passed back, never followed; upstream connections are pooled. Every
-spelling of the secret is scrubbed from the answer's reason phrase and headers (not
-from its body, which is streamed as is). ``Expect: 100-continue`` is answered here, and
+For each call: enforce (:mod:`jitgate.gateway.enforce`), then refuse what only a proxy
+must (protocol upgrades, a declared body over the limit, a ``_method`` form field); build
+the upstream request from the caller's — minus its credential, hop-by-hop headers (and
+those named in ``Connection``), ``Host``, the forwarding and path-override headers of
+:data:`INTERNAL_HEADERS` and any copy of the upstream credential header — then inject
+the secret last, stream the body up (:mod:`jitgate.gateway.bodies`: limited and timed)
+and the answer back, and audit the outcome. Upstream redirects are passed back, never
+followed; upstream connections are pooled; link-local and metadata addresses are
+refused at connect time (:mod:`jitgate.gateway.resolver`). Every spelling of the secret
+is scrubbed from the answer's reason phrase and headers, and overwritten in its body
+unless that has a ``Content-Encoding``. ``Expect: 100-continue`` is answered here, and
 only once the call is allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -21,13 +26,24 @@ from urllib.parse import quote, unquote_plus
 
 import aiohttp
 from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import Clock, utc
-from jitgate.gateway.enforce import Allow, Deny, Enforcer
+from jitgate.domain.addresses import refused_address
+from jitgate.gateway.bodies import (
+    MAX_FORM_SIZE,
+    BodyLimitError,
+    RequestBody,
+    Scrubber,
+    read_form,
+    too_large,
+)
+from jitgate.gateway.enforce import METHOD_OVERRIDE_PARAMS, Allow, Deny, Enforcer, query_keys
+from jitgate.gateway.resolver import GuardedResolver, RefusedAddressError
 from jitgate.gateway.view import Upstream
 from jitgate.problems import PROBLEM_CONTENT_TYPE, problem
 from jitgate.services.context import AuditSink
@@ -48,7 +64,15 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# What the caller must not tell the upstream: who the client is and which URL it asked
+# for are the gateway's to say (a spoofed X-Forwarded-For passes IP allow-lists), and
+# X-Original-URL / X-Rewrite-URL make some frameworks route to another path than the one
+# the scope was checked against. X-Jitgate-* is reserved for the gateway itself.
+INTERNAL_HEADERS = frozenset({"forwarded", "x-real-ip", "x-rewrite-url"})
+INTERNAL_PREFIXES = ("x-forwarded-", "x-original-", "x-jitgate-")
 _CHUNK = 64 * 1024
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_literal_refusal = functools.lru_cache(maxsize=256)(refused_address)
 DECISIONS = Counter(
     "jitgate_gateway_decisions_total",
     "Gateway decisions by outcome and reason",
@@ -67,10 +91,21 @@ def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
 def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
     # "expect" is answered by the gateway itself (see _continue): forwarded, it makes the
     # client library wait for an upstream "100 Continue" that may never come.
-    drop = {"host", "authorization", "expect", *HOP_BY_HOP, *_connection_named(headers)}
+    drop = {
+        "host",
+        "authorization",
+        "expect",
+        *HOP_BY_HOP,
+        *INTERNAL_HEADERS,
+        *_connection_named(headers),
+    }
     if upstream.header_name:
         drop.add(upstream.header_name)
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out = CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if k.lower() not in drop and not k.lower().startswith(INTERNAL_PREFIXES)
+    )
     if upstream.header_name:  # injected last: nothing the caller sent can remove it
         out[upstream.header_name] = upstream.header_value
     return out
@@ -113,12 +148,36 @@ async def _continue(request: web.BaseRequest) -> None:
         request.writer.output_size = 0  # the interim answer is not part of the response
 
 
+def _is_upgrade(request: web.BaseRequest) -> bool:
+    """What HTTP parsers act on: ``Upgrade`` named in ``Connection`` (a lone ``Upgrade``
+    header is only a hop-by-hop header, dropped like the others)."""
+    return "upgrade" in request.headers and "upgrade" in _connection_named(request.headers)
+
+
+def _is_form(request: web.BaseRequest) -> bool:
+    if not request.body_exists:
+        return False
+    if "Content-Type" not in request.headers:
+        # Rack reads a POST without a Content-Type as a form. Only a small declared body
+        # is read whole: large or chunked uploads without a type stream as they are.
+        length = request.content_length
+        return length is not None and length <= MAX_FORM_SIZE
+    return request.content_type.lower() == _FORM_TYPE
+
+
 def problem_response(deny: Deny) -> web.Response:
     body = problem(deny.status, deny.reason, deny.detail)
     headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
     if deny.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="jitgate"'
-    return web.Response(status=deny.status, text=json.dumps(body), headers=headers)
+    response = web.Response(status=deny.status, text=json.dumps(body), headers=headers)
+    if deny.status in (408, 413) or deny.reason == "upgrade-refused":
+        response.force_close()  # the rest of the caller's bytes will never be read
+    return response
+
+
+def _refused(allow: Allow, status: int, reason: str, detail: str) -> Deny:
+    return Deny(status, reason, detail, allow.upstream.api.name, allow.token)
 
 
 class Proxy:
@@ -130,18 +189,31 @@ class Proxy:
         *,
         connect_timeout: float,
         timeout: float,
+        client_timeout: float = 30.0,
+        max_body_size: int = 1 << 30,
+        allow_link_local: bool = False,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.audit = audit
         self.clock = clock
+        self.client_timeout = client_timeout
+        self.max_body_size = max_body_size
+        self._allow_link_local = allow_link_local
+        self._resolver = resolver
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        resolver = self._resolver or aiohttp.DefaultResolver()
+        if not self._allow_link_local:
+            resolver = GuardedResolver(resolver)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30, ttl_dns_cache=60),
+            connector=aiohttp.TCPConnector(
+                limit=512, keepalive_timeout=30, ttl_dns_cache=60, resolver=resolver
+            ),
             timeout=self._timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
@@ -177,11 +249,41 @@ class Proxy:
             )
         )
 
+    async def _admit(self, request: web.BaseRequest, allow: Allow) -> Deny | bytes | None:
+        """What only a proxy refuses, once the call is allowed; a form body read whole."""
+        if _is_upgrade(request):
+            detail = "protocol upgrades (WebSocket, h2c) are not proxied"
+            return _refused(allow, 400, "upgrade-refused", detail)
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            refused = too_large(self.max_body_size)
+            return _refused(allow, refused.status, refused.reason, refused.detail)
+        if not _is_form(request):
+            return None
+        await _continue(request)
+        try:
+            form = await read_form(
+                request.content, limit=self.max_body_size, stall=self.client_timeout
+            )
+        except BodyLimitError as exc:
+            return _refused(allow, exc.status, exc.reason, exc.detail)
+        if not query_keys(form.decode("latin-1")).isdisjoint(METHOD_OVERRIDE_PARAMS):
+            detail = "method-override headers and parameters are refused"
+            return _refused(allow, 400, "method-override", detail)
+        return form
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = self.clock.timestamp()
         decision = self.enforcer.decide(request.method, request.raw_path, request.headers, now)
         if isinstance(decision, Allow) and not self.audit.healthy:
             decision = Deny(503, "audit-unavailable", "access cannot be recorded right now; denied")
+        form: bytes | None = None
+        if isinstance(decision, Allow):
+            admitted = await self._admit(request, decision)
+            if isinstance(admitted, Deny):
+                decision = admitted
+            else:
+                form = admitted
         if isinstance(decision, Deny):
             DECISIONS.labels("denied", decision.reason).inc()
             await self.record_denial(request, decision, now)
@@ -192,7 +294,7 @@ class Proxy:
         status: int = 500
         error: str | None = "internal-error"
         try:
-            response, error = await self._forward(request, decision)
+            response, error = await self._forward(request, decision, form)
             status = response.status
             return response
         finally:  # every forwarded call is audited, however it ended
@@ -217,15 +319,18 @@ class Proxy:
             )
 
     async def _forward(
-        self, request: web.BaseRequest, allow: Allow
+        self, request: web.BaseRequest, allow: Allow, form: bytes | None
     ) -> tuple[web.StreamResponse, str | None]:
         assert self._session is not None, "Proxy.start() was not awaited"
         upstream = allow.upstream
         query = upstream_query(allow.query, upstream)
         url = URL(upstream.api.base_url + allow.path + (f"?{query}" if query else ""), encoded=True)
-        body = request.content if request.body_exists else None
-        if body is not None:
+        if not self._allow_link_local and url.host and _literal_refusal(url.host):
+            return _failed(502, "upstream-address-refused", "the upstream address is refused")
+        body: RequestBody | bytes | None = form
+        if form is None and request.body_exists:
             await _continue(request)
+            body = RequestBody(request.content, limit=self.max_body_size, stall=self.client_timeout)
         try:
             upstream_response = await self._session.request(
                 request.method,
@@ -234,13 +339,8 @@ class Proxy:
                 data=body,
                 allow_redirects=False,
             )
-        except TimeoutError:
-            deny = Deny(504, "upstream-timeout", "the upstream did not answer in time")
-            return problem_response(deny), deny.reason
-        except aiohttp.ClientError as exc:
-            log.warning("upstream %s failed: %s", upstream.api.name, type(exc).__name__)
-            deny = Deny(502, "upstream-unreachable", "the upstream could not be reached")
-            return problem_response(deny), deny.reason
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _upstream_failure(exc, body, upstream.api.name)
         async with upstream_response:
             reason = upstream_response.reason
             response = web.StreamResponse(
@@ -249,13 +349,46 @@ class Proxy:
             )
             for key, value in response_headers(upstream_response.headers, upstream.spellings):
                 response.headers.add(key, value)
+            encoding = upstream_response.headers.get("Content-Encoding", "identity")
+            scrubber = Scrubber(upstream.spellings) if encoding.lower() == "identity" else None
             try:
                 await response.prepare(request)
                 async for chunk in upstream_response.content.iter_chunked(_CHUNK):
-                    await response.write(chunk)
+                    out = scrubber.feed(chunk) if scrubber else chunk
+                    if out:
+                        await response.write(out)
+                if scrubber:
+                    await response.write(scrubber.flush())
                 await response.write_eof()
             except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
                 return response, "client-disconnected"
-            except (aiohttp.ClientError, TimeoutError):
+            except TimeoutError:
+                return response, "upstream-body-timeout"
+            except aiohttp.ClientError:
                 return response, "upstream-body-interrupted"
-        return response, None
+        refused = body.refused if isinstance(body, RequestBody) else None
+        return response, refused.reason if refused else None
+
+
+def _failed(status: int, reason: str, detail: str) -> tuple[web.StreamResponse, str]:
+    return problem_response(Deny(status, reason, detail)), reason
+
+
+def _upstream_failure(
+    exc: BaseException, body: RequestBody | bytes | None, api: str
+) -> tuple[web.StreamResponse, str]:
+    """The answer when the upstream request failed before its answer's head arrived."""
+    refused = body.refused if isinstance(body, RequestBody) else None
+    if refused is not None:  # the caller's body broke a limit: the upload was stopped
+        return _failed(refused.status, refused.reason, refused.detail)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return _failed(504, "upstream-connect-timeout", "connecting to the upstream timed out")
+    if isinstance(exc, TimeoutError):
+        return _failed(504, "upstream-timeout", "the upstream did not answer in time")
+    refused_address = isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, RefusedAddressError
+    )
+    if refused_address:
+        return _failed(502, "upstream-address-refused", "the upstream address is refused")
+    log.warning("upstream %s failed: %s", api, type(exc).__name__)
+    return _failed(502, "upstream-unreachable", "the upstream could not be reached")

@@ -310,6 +310,7 @@ def _decide(policy: Policy, rule: Rule, subject: Subject, risk: Risk) -> Decisio
         "risk": risk,
         "policy_version": policy.digest,
         "notify": rule.notify,
+        "limits": rule.limits,
     }
     if rule.approval.mode is Mode.AUTO:
         reasons = (f"rule {rule.name} approves automatically",)

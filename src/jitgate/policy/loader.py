@@ -43,7 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jitgate.domain.durations import parse_duration
-from jitgate.domain.models import ApprovalStep
+from jitgate.domain.models import ApprovalStep, Limits
 from jitgate.domain.scopes import Scope, parse_scope
 from jitgate.errors import ConfigError, InvalidInput
 from jitgate.policy.conditions import (
@@ -150,6 +150,12 @@ def _rule(rule: _RuleIn, line: int, defaults: Defaults) -> Rule:
             )
         ),
         notify={} if rule.notify is None else {"slack_channel": rule.notify.slack_channel},
+        limits=Limits(
+            max_calls=rule.max_calls,
+            rate_calls=None if rule.rate_limit is None else rule.rate_limit[0],
+            rate_window=None if rule.rate_limit is None else rule.rate_limit[1],
+            idle_timeout=rule.idle_timeout,
+        ),
     )
 
 
@@ -396,6 +402,18 @@ def _zone(value: object) -> ZoneInfo:
         raise _problem("zone", f"unknown time zone {value!r} (use e.g. UTC, Europe/Paris)") from exc
 
 
+_RATE = re.compile(r"([1-9][0-9]{0,6})\s*/\s*(s|sec|second|m|min|minute|h|hour)")
+_RATE_WINDOWS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+
+
+def _rate(value: object) -> tuple[int, timedelta]:
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise _problem("rate", f"expected a rate such as 10/s, 600/m or 1000/h, got {value!r}")
+    calls, unit = match.groups()
+    return int(calls), timedelta(seconds=_RATE_WINDOWS.get(unit, 3600))
+
+
 def _percent(value: object) -> float:
     text = value if isinstance(value, str) else ""
     number = text.removesuffix("%")
@@ -414,6 +432,7 @@ ReviewerWhenIn = Annotated[Condition, _condition(REVIEWER_VARIABLES)]
 PatternIn = Annotated[re.Pattern[str], PlainValidator(_pattern)]
 ZoneIn = Annotated[ZoneInfo, PlainValidator(_zone)]
 PercentIn = Annotated[float, PlainValidator(_percent)]
+RateIn = Annotated[tuple[int, timedelta], PlainValidator(_rate)]
 
 
 class _In(BaseModel):
@@ -570,6 +589,9 @@ class _RuleIn(_In):
     pending_ttl: DurationIn | None = None
     extensions: _ExtensionsIn | None = None
     notify: _NotifyIn | None = None
+    max_calls: int | None = Field(default=None, ge=1, le=10_000_000)
+    rate_limit: RateIn | None = None
+    idle_timeout: DurationIn | None = None
 
     @field_validator("apis")
     @classmethod

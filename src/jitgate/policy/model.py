@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jitgate.domain.models import ApprovalStep, Principal
+from jitgate.domain.models import NO_LIMITS, ApprovalStep, Limits, Principal
 from jitgate.domain.scopes import Scope
 from jitgate.policy.conditions import Condition
 from jitgate.policy.risk import DEFAULT_WEIGHTS, RiskWeights
@@ -127,6 +127,7 @@ class Rule:
     pending_ttl: timedelta | None = None
     extensions: Extensions = NO_EXTENSIONS
     notify: dict[str, str] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
     def admits_api(self, api_name: str) -> bool:
         return ANY_API in self.apis or api_name in self.apis
@@ -170,6 +171,7 @@ class Rule:
                 ),
             },
             "notify": dict(self.notify),
+            "limits": self.limits.as_dict(),
         }
 
 

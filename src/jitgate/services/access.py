@@ -22,6 +22,7 @@ from jitgate.audit.events import EventType, NewEvent
 from jitgate.domain.durations import format_duration, parse_duration
 from jitgate.domain.lifecycle import close_request, terms_hash
 from jitgate.domain.models import (
+    NO_LIMITS,
     AccessRequest,
     Api,
     Decision,
@@ -104,6 +105,7 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
         created_at=now,
         extends=request.extends_grant,
         needs_review=request.decision.break_glass,
+        limits=request.decision.limits,
     )
     tx.access.insert_grant(grant)
     data: dict[str, Any] = {
@@ -113,6 +115,8 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
     }
     if grant.extends:
         data["extends"] = grant.extends
+    if grant.limits != NO_LIMITS:
+        data["limits"] = grant.limits.as_dict()
     if grant.needs_review:
         data.update(break_glass=True, needs_review=True, reason=request.reason)
     tx.audit.append([grant_event(EventType.GRANT_ISSUED, grant, now, actor, data)])

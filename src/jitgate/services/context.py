@@ -83,6 +83,7 @@ class Context:
     feed: ChangeFeed = field(default_factory=NullFeed)
     slack_signing_secret: Secret | None = None  # checks Slack's interactions; None: Slack off
     policy_file: Path | None = None  # where reloads read the policy; None: not reloadable
+    allow_link_local_upstreams: bool = False  # gateway.allow_link_local_upstreams
     policy_loaded_at: datetime = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

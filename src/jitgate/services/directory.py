@@ -2,7 +2,10 @@
 
 Principal tokens are ``jgp_`` + 32 random bytes (base64url); only their SHA-256 is
 stored. Upstream URLs are http/https with a host and without userinfo, query or
-fragment; secrets are encrypted before they reach the database and are never returned.
+fragment, and not a link-local or cloud-metadata address literal unless the deployment
+allows those (:mod:`jitgate.domain.addresses`; names are judged again by the gateway at
+connect time); secrets are encrypted before they reach the database and are never
+returned.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from jitgate.audit.events import EventType, NewEvent
+from jitgate.domain.addresses import refused_address
 from jitgate.domain.models import Api, Injection, InjectionKind, Principal, PrincipalKind
 from jitgate.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from jitgate.secrets import Secret
@@ -228,7 +232,7 @@ def get_principal(ctx: Context, principal_id: str) -> Principal:
     return principal
 
 
-def check_base_url(url: str) -> str:
+def check_base_url(url: str, *, allow_link_local: bool = False) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(f"base_url {url!r}: only http and https upstreams are allowed")
@@ -240,6 +244,11 @@ def check_base_url(url: str) -> str:
         raise InvalidInput(f"base_url {url!r}: no query string or fragment")
     if any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in url):
         raise InvalidInput(f"base_url {url!r}: only printable ASCII is allowed")
+    refused = None if allow_link_local else refused_address(parts.hostname)
+    if refused:
+        raise InvalidInput(
+            f"base_url {url!r}: {refused}; set gateway.allow_link_local_upstreams to allow it"
+        )
     return url.rstrip("/")
 
 
@@ -282,7 +291,7 @@ def add_api(ctx: Context, actor: Principal | None, api: Api, secret: Secret) -> 
         check_slug(group, "owner group")
     api = Api(
         name=api.name,
-        base_url=check_base_url(api.base_url),
+        base_url=check_base_url(api.base_url, allow_link_local=ctx.allow_link_local_upstreams),
         injection=check_injection(api.injection),
         environment=api.environment,
         owners=api.owners,

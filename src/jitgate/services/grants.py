@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from jitgate.audit.events import EventType, NewEvent
+from jitgate.domain.durations import format_duration
 from jitgate.domain.lifecycle import end_grant
-from jitgate.domain.models import Grant, GrantStatus, Principal
+from jitgate.domain.models import Grant, GrantStatus, Principal, PrincipalKind
 from jitgate.errors import Conflict, Forbidden, InvalidInput, NotFound
 from jitgate.services.context import Context, current_principal
 from jitgate.storage.store import Tx
@@ -251,6 +252,43 @@ def kill_switch(
     for grant in ended.values():
         ctx.feed.grant_ended(grant.id, grant.expires_at)
     return list(ended.values())
+
+
+#: Who ends a grant that no person revoked (idle timeout); never a principal that exists.
+SYSTEM = Principal("system", PrincipalKind.SERVICE, "jitgate")
+
+
+def revoke_idle(ctx: Context) -> list[Grant]:
+    """Revoke active grants whose ``idle_timeout`` has passed since their last admitted
+    call (or since they started, if never used); the audit log says when each was used."""
+    now = ctx.now()
+    with ctx.store.read() as tx:
+        watched = [
+            g
+            for g in tx.access.list_grants(status=GrantStatus.ACTIVE, limit=None)
+            if g.limits.idle_timeout is not None and g.is_active_at(now)
+        ]
+        used = tx.audit.last_allowed([g.id for g in watched])
+    idle = [
+        g.id
+        for g in watched
+        if g.limits.idle_timeout is not None
+        and now - max(used.get(g.id, g.not_before), g.not_before) >= g.limits.idle_timeout
+    ]
+    ended: list[Grant] = []
+    for grant_id in idle:
+        with ctx.store.transaction() as tx:
+            grant = tx.access.get_grant(grant_id, lock=True)
+            if grant is None or not grant.is_active_at(now) or grant.limits.idle_timeout is None:
+                continue
+            last = tx.audit.last_allowed([grant_id]).get(grant_id, grant.not_before)
+            if now - max(last, grant.not_before) < grant.limits.idle_timeout:
+                continue  # used since the first look
+            reason = f"unused for {format_duration(grant.limits.idle_timeout)} (idle_timeout)"
+            ended.extend(_end(tx, grant, SYSTEM, reason, now))
+    for grant in ended:
+        ctx.feed.grant_ended(grant.id, grant.expires_at)
+    return ended
 
 
 def expire_grants(ctx: Context) -> int:

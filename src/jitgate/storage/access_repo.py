@@ -24,6 +24,7 @@ from jitgate.domain.models import (
     Decision,
     Grant,
     GrantStatus,
+    Limits,
     Outcome,
     RequestStatus,
     Risk,
@@ -86,7 +87,16 @@ def decision_from_json(d: dict[str, Any]) -> Decision:
         pending_ttl=None if ttl is None else timedelta(seconds=int(ttl)),
         break_glass=bool(d.get("break_glass", False)),
         notify=dict(d.get("notify", {})),
+        limits=Limits.from_dict(d.get("limits", {})),
     )
+
+
+def _seconds(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
+def _whole_seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
 
 
 def _request(row: RowMapping) -> AccessRequest:
@@ -105,11 +115,7 @@ def _request(row: RowMapping) -> AccessRequest:
         decided_at=row["decided_at"],
         grant_id=row["grant_id"],
         approved_scopes=None if row["approved_scopes"] is None else tuple(row["approved_scopes"]),
-        approved_duration=(
-            None
-            if row["approved_duration_seconds"] is None
-            else timedelta(seconds=row["approved_duration_seconds"])
-        ),
+        approved_duration=_seconds(row["approved_duration_seconds"]),
         extends_grant=row["extends_grant"],
     )
 
@@ -125,7 +131,12 @@ def _grant(row: RowMapping) -> Grant:
         expires_at=row["expires_at"],
         status=GrantStatus(row["status"]),
         created_at=row["created_at"],
-        max_calls=row["max_calls"],
+        limits=Limits(
+            max_calls=row["max_calls"],
+            rate_calls=row["rate_calls"],
+            rate_window=_seconds(row["rate_window_seconds"]),
+            idle_timeout=_seconds(row["idle_timeout_seconds"]),
+        ),
         ended_at=row["ended_at"],
         ended_by=row["ended_by"],
         end_reason=row["end_reason"],
@@ -203,11 +214,7 @@ class AccessRepo:
             .where(access_requests.c.id == r.id)
             .values(
                 approved_scopes=None if r.approved_scopes is None else list(r.approved_scopes),
-                approved_duration_seconds=(
-                    None
-                    if r.approved_duration is None
-                    else int(r.approved_duration.total_seconds())
-                ),
+                approved_duration_seconds=_whole_seconds(r.approved_duration),
             )
         )
 
@@ -315,7 +322,10 @@ class AccessRepo:
                 not_before=g.not_before,
                 expires_at=g.expires_at,
                 status=g.status.value,
-                max_calls=g.max_calls,
+                max_calls=g.limits.max_calls,
+                rate_calls=g.limits.rate_calls,
+                rate_window_seconds=_whole_seconds(g.limits.rate_window),
+                idle_timeout_seconds=_whole_seconds(g.limits.idle_timeout),
                 created_at=g.created_at,
                 extends=g.extends,
                 needs_review=g.needs_review,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, insert, select, update
+from sqlalchemy import Connection, RowMapping, func, insert, select, update
 
 from jitgate.audit.chain import canonical_json, link
 from jitgate.audit.checkpoint import Checkpoint
@@ -98,6 +98,18 @@ class AuditRepo:
         if self._on_append is not None:
             self._on_append(chained)
         return chained
+
+    def last_allowed(self, grant_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each grant last had a call admitted (``access.allowed``), if ever."""
+        if not grant_ids:
+            return {}
+        e = audit_events.c
+        query = (
+            select(e.grant_id, func.max(e.at))
+            .where(e.type == "access.allowed", e.grant_id.in_(list(grant_ids)))
+            .group_by(e.grant_id)
+        )
+        return {str(row[0]): row[1] for row in self._c.execute(query)}
 
     def head(self) -> tuple[int, str]:
         row = self._c.execute(select(audit_head.c.seq, audit_head.c.hash)).one()

@@ -63,12 +63,18 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("reviewed_by", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("reviewed_at", sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column("rate_calls", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("rate_window_seconds", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("idle_timeout_seconds", sa.Integer(), nullable=True))
         batch_op.create_index("ix_grants_extends", ["extends"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("grants", schema=None) as batch_op:
         batch_op.drop_index("ix_grants_extends")
+        batch_op.drop_column("idle_timeout_seconds")
+        batch_op.drop_column("rate_window_seconds")
+        batch_op.drop_column("rate_calls")
         batch_op.drop_column("reviewed_at")
         batch_op.drop_column("reviewed_by")
         batch_op.drop_column("needs_review")

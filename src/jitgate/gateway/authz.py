@@ -1,0 +1,214 @@
+"""Decision endpoints: the gateway's checks for proxies that carry the traffic themselves.
+
+``/authz/envoy/{api}/{path…}`` (Envoy ``ext_authz``), ``/authz/nginx`` (nginx
+``auth_request``) and ``/authz/forward`` (Traefik ``ForwardAuth``) each recover the
+original method and request target, hand them with the caller's headers to the same
+:class:`~jitgate.gateway.enforce.Enforcer` as the proxy, and never proxy anything.
+
+Guarantees:
+
+* One decision, one audit event (``access.allowed`` / ``access.denied``, the gateway's
+  reason codes, ``data.via`` naming the endpoint), through the proxy's batched sink; an
+  allowed decision is refused when that sink cannot persist (fail closed).
+* An allow is ``200`` with the header the gateway would inject upstream, and nothing the
+  proxy could cache (``Cache-Control: no-store``): revocation holds on the very next call.
+  For nginx it also carries ``X-Jitgate-Target``, the exact upstream path and query the
+  gateway would request (query-parameter injection included), so that nginx forwards the
+  path that was checked rather than its own decoding of it. Envoy and ForwardAuth cannot
+  rewrite the query: APIs with query-parameter injection are refused there
+  (501 ``injection-unsupported``).
+* A denial is the gateway's problem answer. nginx's ``auth_request`` only tells 401 and
+  403 from an error, so the nginx endpoint answers 401 or 403 and carries the gateway's
+  status and problem in ``X-Jitgate-Status`` / ``X-Jitgate-Problem`` for nginx to relay.
+* These answers hold upstream secrets: they are served only when enabled, and only to
+  callers within ``gateway.decisions.allow_from``; the paths are never proxied (an API
+  cannot be named ``authz``). No secret goes to a log or an audit event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_address
+
+from aiohttp import web
+
+from jitgate.audit.events import EventType, NewEvent
+from jitgate.clock import utc
+from jitgate.gateway.enforce import Allow, Deny
+from jitgate.gateway.proxy import ALLOWED, DECISIONS, Proxy, problem_response, upstream_query
+from jitgate.problems import problem
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/authz"
+ENVOY_PREFIX = "/authz/envoy"
+DISABLED = Deny(404, "not-found", "no such endpoint on this gateway")
+TARGET_HEADER = "X-Jitgate-Target"
+STATUS_HEADER = "X-Jitgate-Status"
+PROBLEM_HEADER = "X-Jitgate-Problem"
+ENVOY_REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+
+
+class Via(StrEnum):
+    ENVOY = "envoy"
+    NGINX = "nginx"
+    FORWARD = "forward"
+
+
+# Where nginx and ForwardAuth put the original method and request target.
+_ORIGIN_HEADERS = {
+    Via.NGINX: ("X-Original-Method", "X-Original-URI"),
+    Via.FORWARD: ("X-Forwarded-Method", "X-Forwarded-Uri"),
+}
+
+
+def is_decision_path(raw_path: str) -> bool:
+    """Whether a request target belongs to the decision endpoints (first segment ``authz``)."""
+    return raw_path == PREFIX or raw_path.startswith((PREFIX + "/", PREFIX + "?"))
+
+
+def _via(raw_path: str) -> Via | None:
+    path = raw_path.partition("?")[0]
+    if path == ENVOY_PREFIX or path.startswith(ENVOY_PREFIX + "/"):
+        return Via.ENVOY
+    if path == "/authz/nginx":
+        return Via.NGINX
+    if path == "/authz/forward":
+        return Via.FORWARD
+    return None
+
+
+def _original(request: web.BaseRequest, via: Via) -> tuple[str, str] | Deny:
+    """The original method and raw request target, as the proxy reported them."""
+    if via is Via.ENVOY:
+        return request.method, request.raw_path[len(ENVOY_PREFIX) :]
+    found: list[str] = []
+    for name in _ORIGIN_HEADERS[via]:
+        values = request.headers.getall(name, [])
+        if len(values) != 1:
+            return Deny(
+                400,
+                "original-request-unknown",
+                f"the proxy must send exactly one {name} header",
+            )
+        found.append(values[0])
+    method, target = found
+    return method, target
+
+
+class DecisionEndpoints:
+    """The three decision endpoints over one proxy's enforcer, audit sink and clock."""
+
+    def __init__(self, proxy: Proxy, *, allow_from: Iterable[IPv4Network | IPv6Network]) -> None:
+        self.proxy = proxy
+        self.allow_from = tuple(allow_from)
+
+    def _caller_allowed(self, request: web.BaseRequest) -> bool:
+        try:
+            peer = ip_address(request.remote or "")
+        except ValueError:  # a Unix socket or an unknown peer: not an allowed proxy
+            return False
+        return any(peer in net for net in self.allow_from)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        via = _via(request.raw_path)
+        if via is None or not self._caller_allowed(request):
+            if via is not None:
+                log.warning("decision endpoint refused to %s: not in allow_from", request.remote)
+            return problem_response(DISABLED)
+        now = self.proxy.clock.timestamp()
+        original = _original(request, via)
+        if isinstance(original, Deny):
+            return await self._deny(via, "", "", original, now)
+        method, target = original
+        decision = self.proxy.enforcer.decide(method, target, request.headers, now)
+        if isinstance(decision, Allow):
+            if not self.proxy.audit.healthy:
+                decision = Deny(
+                    503, "audit-unavailable", "access cannot be recorded right now; denied"
+                )
+            elif via is not Via.NGINX and decision.upstream.query_name is not None:
+                decision = Deny(
+                    501,
+                    "injection-unsupported",
+                    f"API {decision.upstream.api.name!r} takes its credential as a query "
+                    f"parameter, which {via} cannot add; use the gateway or nginx",
+                    decision.upstream.api.name,
+                    decision.token,
+                )
+        if isinstance(decision, Deny):
+            return await self._deny(via, method, target, decision, now)
+        ALLOWED.inc()
+        claims = decision.token.claims
+        await self._record(
+            NewEvent(
+                type=EventType.ACCESS_ALLOWED,
+                at=utc(now),
+                actor=claims.principal,
+                principal=claims.principal,
+                api=decision.upstream.api.name,
+                grant=claims.grant_id,
+                data={
+                    "method": method,
+                    "path": decision.path[:512],
+                    "jti": claims.jti,
+                    "via": str(via),
+                },
+            )
+        )
+        return _allow_response(via, decision)
+
+    async def _deny(
+        self, via: Via, method: str, target: str, deny: Deny, now: float
+    ) -> web.Response:
+        DECISIONS.labels("denied", deny.reason).inc()
+        claims = deny.token.claims if deny.token else None
+        await self._record(
+            NewEvent(
+                type=EventType.ACCESS_DENIED,
+                at=utc(now),
+                actor=claims.principal if claims else None,
+                principal=claims.principal if claims else None,
+                api=deny.api,
+                grant=claims.grant_id if claims else None,
+                data={
+                    "method": method[:16],
+                    "target": target.partition("?")[0][:512],  # with the API prefix
+                    "status": deny.status,
+                    "reason": deny.reason,
+                    "detail": deny.detail,
+                    "via": str(via),
+                },
+            )
+        )
+        response = problem_response(deny)
+        if via is Via.NGINX:
+            response.set_status(401 if deny.status == 401 else 403)
+            response.headers[STATUS_HEADER] = str(deny.status)
+            response.headers[PROBLEM_HEADER] = json.dumps(
+                problem(deny.status, deny.reason, deny.detail)
+            )
+        return response
+
+    async def _record(self, event: NewEvent) -> None:
+        """Queue without blocking the loop; a full queue waits in a thread (never loss)."""
+        if not self.proxy.audit.try_submit(event):
+            await asyncio.to_thread(self.proxy.audit.submit, event)
+
+
+def _allow_response(via: Via, allow: Allow) -> web.Response:
+    upstream = allow.upstream
+    response = web.Response(status=200, headers={"Cache-Control": "no-store"})
+    if upstream.header_name:
+        response.headers[upstream.header_name] = upstream.header_value
+    if via is Via.NGINX:
+        query = upstream_query(allow.query, upstream)
+        response.headers[TARGET_HEADER] = allow.path + (f"?{query}" if query else "")
+    elif via is Via.ENVOY and upstream.header_name != "authorization":
+        # ext_authz only sets headers; the caller's grant token must not go upstream.
+        response.headers[ENVOY_REMOVE_HEADER] = "authorization"
+    return response

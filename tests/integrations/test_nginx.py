@@ -1,0 +1,124 @@
+"""nginx ``auth_request`` with docs/integrations/nginx.conf, in front of the real gateway.
+
+Hostile targets go over a raw socket so that no client library normalises them first.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from jitgate.audit.events import EventType
+from jitgate.services import grants
+from tests.integrations.conftest import Deployment, direct, headers_seen
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_allowed_call_reaches_upstream_with_credential_not_token(nginx: Deployment) -> None:
+    issued = nginx.issue(["GET /v1/**"], api="payments")
+    reply = await nginx.call("GET", "/payments/v1/charges/7?b=2&a=%20x", issued.token)
+
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    assert echo["method"] == "GET"
+    assert echo["path"] == "/v1/charges/7"  # the API prefix stripped
+    assert echo["raw_query"] == "b=2&a=%20x"
+    seen = headers_seen(reply)
+    assert seen["authorization"] == "Bearer <payments>"  # the injected one (masked by echo)
+    assert issued.token not in reply.body.decode()
+    assert [(h.method, h.target) for h in nginx.hits] == [("GET", "/v1/charges/7?b=2&a=%20x")]
+    (event,) = nginx.events(EventType.ACCESS_ALLOWED)
+    assert (event.api, event.grant, event.principal) == ("payments", issued.grant.id, "alice")
+    assert event.data["via"] == "nginx"
+    assert event.data["path"] == "/v1/charges/7"
+
+
+async def test_nginx_forwards_the_raw_path_that_was_checked(nginx: Deployment) -> None:
+    # nginx's own URI is decoded ("charges"); the gateway checks and forwards the raw path.
+    issued = nginx.issue(["GET /v1/**"], api="payments")
+    through = await nginx.raw_request("GET", "/payments/v1/ch%61rges/%7e7", issued.token)
+    built_in = await direct(nginx).raw_request("GET", "/payments/v1/ch%61rges/%7e7", issued.token)
+    assert through.status == built_in.status == 200
+    assert through.json()["path"] == built_in.json()["path"] == "/v1/ch%61rges/%7e7"
+
+
+async def test_query_parameter_credential_replaces_the_callers(nginx: Deployment) -> None:
+    issued = nginx.issue(["GET /v1/**"], api="maps")
+    reply = await nginx.call("GET", "/maps/v1/tiles?z=3&key=mine", issued.token)
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    assert echo["path"] == "/maps-base/v1/tiles"
+    assert echo["query"] == [["z", "3"], ["key", "<maps>"]]  # one key: the injected one
+    assert "authorization" not in headers_seen(reply)  # the grant token was dropped
+
+
+async def test_out_of_scope_is_refused_as_by_the_gateway(nginx: Deployment) -> None:
+    issued = nginx.issue(["GET /v1/**"], api="payments")
+    for front in (nginx, direct(nginx)):
+        reply = await front.call("POST", "/payments/v1/charges", issued.token, data=b"{}")
+        event = front.assert_denied(reply, 403, "out-of-scope", api="payments")
+        assert event.grant == issued.grant.id
+    assert nginx.events(EventType.ACCESS_DENIED)[0].data["via"] == "nginx"
+
+
+async def test_a_revoked_grant_is_refused_on_the_next_call(nginx: Deployment) -> None:
+    issued = nginx.issue(["GET /v1/**"], api="payments")
+    assert (await nginx.call("GET", "/payments/v1/charges", issued.token)).status == 200
+    grants.revoke(nginx.ctx, nginx.root, issued.grant.id, "incident 7")
+    reply = await nginx.call("GET", "/payments/v1/charges", issued.token)
+    nginx.assert_denied(reply, 403, "grant-revoked", hits_before=1, api="payments")
+
+
+HOSTILE = [
+    # (method, target, extra headers, status, code)
+    ("GET", "/payments/v1/../admin", [], 400, "ambiguous-path"),
+    ("GET", "/payments/v1/%2e%2e/admin", [], 400, "ambiguous-path"),
+    ("GET", "/payments/v1%2fcharges", [], 400, "ambiguous-path"),
+    ("GET", "/payments/v1/%5ccharges", [], 400, "ambiguous-path"),
+    ("GET", "/payments//v1/charges", [], 400, "ambiguous-path"),
+    ("GET", "/payments/v1/charges", [("X-HTTP-Method-Override", "DELETE")], 400, "method-override"),
+    ("GET", "/payments/v1/charges?_method=DELETE", [], 400, "method-override"),
+    ("DELETE", "/payments/v1/charges", [], 403, "out-of-scope"),
+    ("GET", "/payments/v2/charges", [], 403, "out-of-scope"),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "headers", "status", "code"), HOSTILE)
+async def test_hostile_requests_are_refused_as_by_the_gateway(
+    nginx: Deployment,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    status: int,
+    code: str,
+) -> None:
+    issued = nginx.issue(["GET /v1/**"], api="payments")
+    bodies = []
+    for front in (nginx, direct(nginx)):
+        reply = await front.raw_request(method, target, issued.token, headers)
+        front.assert_denied(reply, status, code, api="payments")
+        assert front.last_event.data["target"] == target.partition("?")[0]
+        bodies.append(reply.json())
+    assert bodies[0] == bodies[1]  # the very problem document of the gateway
+
+
+async def test_token_problems_are_the_gateways(nginx: Deployment) -> None:
+    maps = nginx.issue(["GET /v1/**"], api="maps")
+    reply = await nginx.call("GET", "/payments/v1/charges")
+    nginx.assert_denied(reply, 401, "token-missing", api="payments")
+    assert reply.headers.getall("WWW-Authenticate") == ['Bearer realm="jitgate"']
+    reply = await nginx.call("GET", "/payments/v1/charges", "not-a-jws")
+    nginx.assert_denied(reply, 401, "token-malformed", api="payments")
+    reply = await nginx.call("GET", "/payments/v1/charges", maps.token)
+    nginx.assert_denied(reply, 403, "token-audience", api="payments")
+
+
+async def test_no_secret_in_nginx_logs_or_audit(nginx: Deployment) -> None:
+    pay, maps = nginx.issue(api="payments"), nginx.issue(api="maps")
+    assert (await nginx.call("GET", "/payments/v1/x", pay.token)).status == 200
+    assert (await nginx.call("GET", "/maps/v1/x?key=k", maps.token)).status == 200
+    await nginx.call("GET", "/payments/v1/x", maps.token)
+    for log in nginx.logs:
+        nginx.assert_no_secret_in(log.read_text(errors="replace"))
+    assert len(nginx.sink.events) == 3
+    nginx.assert_no_secret_in(repr(nginx.sink.events))
