@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jitgate.domain.models import Grant, GrantStatus
+from jitgate.domain.models import Grant, GrantStatus, Limits
 from jitgate.secrets import SecretBox
 from jitgate.tokens.grant_token import (
     ALGORITHM,
@@ -74,6 +74,17 @@ def test_issue_then_verify_round_trip() -> None:
         kid=RING.signing_kid,
     )
     assert check_time(claims, NOW.timestamp(), 0) is None
+
+
+def test_usage_limits_travel_in_the_lim_claim() -> None:
+    limits = Limits(max_calls=5, rate_calls=2, rate_window=timedelta(minutes=1))
+    token, _ = issue(_grant(limits=limits), RING, ISSUER, NOW)
+    assert forge.decode_part(token, 1)["lim"] == {"calls": 5, "rate": [2, 60]}
+    claims = verify_signature(token, RING.public_keys, ISSUER)
+    assert isinstance(claims, GrantClaims)
+    assert (claims.max_calls, claims.rate) == (5, (2, 60.0))
+    plain, _ = issue(_grant(), RING, ISSUER, NOW)
+    assert "lim" not in forge.decode_part(plain, 1)
 
 
 def test_claims_on_the_wire() -> None:
@@ -167,6 +178,19 @@ REFUSALS: list[tuple[str, Any, str]] = [
     ("aud-not-string", lambda: _sign(_valid_claims() | {"aud": ["payments"]}), "token-claims"),
     ("nbf-not-number", lambda: _sign(_valid_claims() | {"nbf": "soon"}), "token-claims"),
     ("scope-of-numbers", lambda: _sign(_valid_claims() | {"scope": [1, 2]}), "token-claims"),
+    *(
+        (f"lim-{name}", lambda lim=lim: _sign(_valid_claims() | {"lim": lim}), "token-claims")
+        for name, lim in [
+            ("not-a-map", [3]),
+            ("unknown-key", {"calls": 3, "bytes": 10}),
+            ("zero-calls", {"calls": 0}),
+            ("bool-calls", {"calls": True}),
+            ("text-calls", {"calls": "3"}),
+            ("rate-short", {"rate": [3]}),
+            ("rate-zero-window", {"rate": [3, 0]}),
+            ("rate-float", {"rate": [1.5, 1]}),
+        ]
+    ),
     (
         "tampered",
         lambda: forge.replace_claims(issue(_grant(), RING, ISSUER, NOW)[0], sub="mallory"),

@@ -194,4 +194,7 @@ class Enforcer:
                 api_name,
                 verified,
             )
+        refused = self.view.usage.admit(claims, now)  # last: a refused call uses no quota
+        if refused is not None:
+            return Deny(429, refused[0], refused[1], api_name, verified)
         return Allow(upstream=upstream, token=verified, path=normalised.raw, query=query)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jitgate.clock import Clock
 from jitgate.config import MAX_CLOCK_SKEW
 from jitgate.domain.models import Api, InjectionKind
+from jitgate.gateway.usage import UsageMeter
 from jitgate.secrets import Secret, SecretBox
 from jitgate.storage.directory_repo import StoredKey
 from jitgate.storage.store import Store
@@ -81,6 +82,7 @@ class GatewayView:
         self.ended: dict[str, float] = {}  # grant id -> its expiry (POSIX seconds)
         self._synced_at = float("-inf")
         self._generation = 0  # bumped by every reload the feed asks for
+        self.usage = UsageMeter()  # per-grant call counts and rate buckets
 
     # what enforcement asks ----------------------------------------------------
     def is_ended(self, grant_id: str) -> bool:
@@ -141,10 +143,15 @@ class GatewayView:
         with self._lock:
             generation = self._generation
         started = self._clock.monotonic()
+        first = self._synced_at == float("-inf")
         with self._store.read() as tx:
             ended = tx.access.ended_unexpired(self._clock.now() - ENDED_GRACE)
             keys = tx.directory.list_keys()
             rows = tx.directory.apis_with_secrets()
+            if first:  # a quota survives a restart: count what was already admitted
+                self.usage.seed(
+                    tx.audit.allowed_counts(tx.access.limited_grants(self._clock.now()))
+                )
         public_keys, upstreams = self._live_keys(keys), self._upstreams(rows)
         horizon = self._clock.timestamp() - ENDED_GRACE.total_seconds()
         with self._lock:
@@ -154,3 +161,4 @@ class GatewayView:
             merged.update({g: e for g, e in self.ended.items() if e > horizon})
             self.ended = merged
             self._synced_at = started
+        self.usage.prune(self._clock.timestamp())

@@ -402,6 +402,15 @@ class AccessRepo:
         )
         return [_grant(r._mapping) for r in self._c.execute(query)]
 
+    def limited_grants(self, now: datetime) -> list[str]:
+        """Active, unexpired grants that have a call quota."""
+        query = select(grants.c.id).where(
+            grants.c.status == GrantStatus.ACTIVE.value,
+            grants.c.expires_at > now,
+            grants.c.max_calls.is_not(None),
+        )
+        return [str(r.id) for r in self._c.execute(query)]
+
     def ended_unexpired(self, now: datetime) -> list[tuple[str, datetime]]:
         """Grants ended early (revoked/released) whose tokens would still be in date."""
         query = select(grants.c.id, grants.c.expires_at).where(

@@ -111,6 +111,18 @@ class AuditRepo:
         )
         return {str(row[0]): row[1] for row in self._c.execute(query)}
 
+    def allowed_counts(self, grant_ids: Sequence[str]) -> dict[str, int]:
+        """How many calls each grant has had admitted (``access.allowed``)."""
+        if not grant_ids:
+            return {}
+        e = audit_events.c
+        query = (
+            select(e.grant_id, func.count())
+            .where(e.type == "access.allowed", e.grant_id.in_(list(grant_ids)))
+            .group_by(e.grant_id)
+        )
+        return {str(row[0]): int(row[1]) for row in self._c.execute(query)}
+
     def head(self) -> tuple[int, str]:
         row = self._c.execute(select(audit_head.c.seq, audit_head.c.hash)).one()
         return int(row.seq), str(row.hash)

@@ -2,7 +2,9 @@
 
 Wire format (append-only; claims are never renamed or given a new meaning):
 header ``{alg: EdDSA, typ: jit+jwt, kid}``; claims ``iss, sub, aud, jti, gid, scope,
-iat, nbf, exp`` with ``exp`` never later than the grant's ``expires_at``.
+iat, nbf, exp`` with ``exp`` never later than the grant's ``expires_at``, and ``lim``
+when the grant has usage limits: ``{"calls": N}`` (calls over the grant's life) and/or
+``{"rate": [N, seconds]}`` (calls per window), which the gateway enforces.
 
 Verification is two separate steps: the signature (algorithm pinned to EdDSA, key
 chosen by ``kid`` from our own key set only, any embedded key reference refused),
@@ -40,6 +42,8 @@ class GrantClaims:
     not_before: float
     expires: float
     kid: str = ""  # the key that verified the signature (from the header, not a claim)
+    max_calls: int | None = None
+    rate: tuple[int, float] | None = None  # (calls, per seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,13 @@ def issue(grant: Grant, ring: KeyRing, issuer: str, now: datetime) -> tuple[str,
         "nbf": int(grant.not_before.timestamp()),
         "exp": int(grant.expires_at.timestamp()),  # floor: never later than expires_at
     }
+    limits: dict[str, Any] = {}
+    if grant.limits.max_calls is not None:
+        limits["calls"] = grant.limits.max_calls
+    if grant.limits.rate_calls is not None and grant.limits.rate_window is not None:
+        limits["rate"] = [grant.limits.rate_calls, int(grant.limits.rate_window.total_seconds())]
+    if limits:
+        claims["lim"] = limits
     token = jwt.encode(
         claims,
         ring.signing_key,
@@ -126,6 +137,9 @@ def _claims(c: dict[str, Any], kid: str) -> GrantClaims | TokenFailure:
         or not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
     ):
         return TokenFailure("token-claims", "the token claims have the wrong types")
+    limits = _limits(c.get("lim"))
+    if isinstance(limits, TokenFailure):
+        return limits
     return GrantClaims(
         principal=c["sub"],
         api=c["aud"],
@@ -135,7 +149,29 @@ def _claims(c: dict[str, Any], kid: str) -> GrantClaims | TokenFailure:
         not_before=float(c["nbf"]),
         expires=float(c["exp"]),
         kid=kid,
+        max_calls=limits[0],
+        rate=limits[1],
     )
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _limits(lim: object) -> tuple[int | None, tuple[int, float] | None] | TokenFailure:
+    if lim is None:
+        return None, None
+    bad = TokenFailure("token-claims", "the token's usage limits are malformed")
+    if not isinstance(lim, dict) or not set(lim) <= {"calls", "rate"}:
+        return bad
+    calls, rate = lim.get("calls"), lim.get("rate")
+    if calls is not None and not _count(calls):
+        return bad
+    if rate is not None and not (
+        isinstance(rate, list) and len(rate) == 2 and _count(rate[0]) and _count(rate[1])
+    ):
+        return bad
+    return calls, None if rate is None else (rate[0], float(rate[1]))
 
 
 def check_time(claims: GrantClaims, now: float, leeway: float) -> TokenFailure | None:
