@@ -100,6 +100,8 @@ class DecisionSettings(_Section):
 class GatewaySettings(_Section):
     listen: Listen = "127.0.0.1:8701"
     public_url: str | None = None
+    # Gateway worker processes; unset: 1 for `jitgate up`, one per CPU for `serve gateway`.
+    workers: int | None = Field(default=None, ge=1, le=256)
     clock_skew: DurationOrZero = timedelta(0)  # leeway on nbf/exp; at most 5s
     token_cache_size: int = 65_536
     upstream_connect_timeout: Duration = timedelta(seconds=5)
@@ -108,6 +110,8 @@ class GatewaySettings(_Section):
     # answer), and each read of its body must bring data within it: slow clients are cut.
     client_timeout: Duration = timedelta(seconds=30)
     max_body_size: ByteSize = ByteSize(1 << 30)  # request bodies, counted while streaming
+    # JSON answers of APIs with response masks are read whole to be masked: larger is a 502.
+    max_mask_body: ByteSize = ByteSize(10 << 20)
     # Upstreams on link-local / cloud-metadata addresses (169.254.0.0/16, fe80::/10,
     # fd00:ec2::254): refused at registration and at connect time unless this is true.
     allow_link_local_upstreams: bool = False

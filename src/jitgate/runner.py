@@ -1,11 +1,13 @@
 """Running the processes: ``jitgate up`` (everything in one), ``serve control``, ``serve gateway``.
 
-Everything runs on one uvloop event loop: the control plane under uvicorn, the gateway
-as an aiohttp server, the demo upstream, and the periodic jobs (grant and pending
-expiry, audit checkpoints, notification delivery and expiry warnings, the gateway's
-resync). The blocking database work of those jobs runs in worker threads. Where the
-control plane runs, SIGHUP and a change of the policy file reload the policy
-(:mod:`jitgate.services.policy`).
+Everything of the main process runs on one uvloop event loop: the control plane under
+uvicorn, the gateway as an aiohttp server, the demo upstream, and the periodic jobs
+(grant and pending expiry, audit checkpoints, notification delivery and expiry warnings,
+the gateway's resync). The blocking database work of those jobs runs in threads. Where
+the control plane runs, SIGHUP and a change of the policy file reload the policy
+(:mod:`jitgate.services.policy`). With more than one gateway worker (``--workers N``),
+the gateway runs in N worker processes instead (:mod:`jitgate.workers`), and the main
+process keeps the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,38 +25,24 @@ import uvicorn
 import uvloop
 from aiohttp import web
 
+from jitgate.clock import SystemClock
 from jitgate.config import Settings
 from jitgate.control.app import create_app
 from jitgate.demo.fixture import set_up_demo
 from jitgate.demo.upstream import create_upstream
-from jitgate.gateway.app import create_gateway_server
+from jitgate.gateway.revocations import RevocationTable
+from jitgate.gateway.view import ENDED_GRACE
 from jitgate.services import access, audit, grants
 from jitgate.services.context import Context
 from jitgate.services.policy import PolicyWatcher, Trigger, reload_in_background
+from jitgate.serving import bind, every, serve_aiohttp, split_listen, start_gateway, wait_for_signal
 from jitgate.wiring import Runtime, build
+from jitgate.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 Sockets = dict[str, socket.socket]
 OnReady = Callable[[Runtime, dict[str, str] | None], None]
-
-
-def _split(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _bind(host: str, port: int, listen: str) -> socket.socket:
-    """A listening socket, bound here so that a busy port is a plain ``OSError`` (uvicorn
-    would ``sys.exit`` from inside the event loop instead)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from exc
-    return sock
 
 
 class _Uvicorn(uvicorn.Server):
@@ -71,25 +60,19 @@ class _Uvicorn(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def _every(seconds: float, job: Callable[[], object], name: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await asyncio.to_thread(job)
-        except Exception:
-            log.exception("periodic job %s failed", name)
+def gateway_workers(settings: Settings, workers: int | None, *, control: bool) -> int:
+    """``--workers``, else ``gateway.workers``, else one beside a control plane (``jitgate
+    up``: one process, as on the embedded SQLite default) and one per CPU for a gateway
+    alone (``serve gateway``)."""
+    return workers or settings.gateway.workers or (1 if control else os.cpu_count() or 1)
 
 
-async def _serve_aiohttp(server: web.Server, sock: socket.socket) -> web.ServerRunner:
-    runner = web.ServerRunner(server, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner
-
-
-def _bind_all(settings: Settings, *, control: bool, gateway: bool, demo: bool) -> Sockets:
+def _bind_all(
+    settings: Settings, *, control: bool, gateway: bool, demo: bool, pooled: bool
+) -> Sockets:
     """Every listening socket, bound before anything is written: a busy port stops
-    start-up with a clear error and leaves the database (and its audit log) untouched."""
+    start-up with a clear error and leaves the database (and its audit log) untouched.
+    ``pooled``: the gateway's socket only holds the port for the workers (``SO_REUSEPORT``)."""
     wanted = {
         "control": (control, settings.control.listen),
         "gateway": (gateway, settings.gateway.listen),
@@ -99,7 +82,8 @@ def _bind_all(settings: Settings, *, control: bool, gateway: bool, demo: bool) -
     try:
         for role, (enabled, listen) in wanted.items():
             if enabled:
-                sockets[role] = _bind(*_split(listen), listen)
+                reuse_port = pooled and role == "gateway"
+                sockets[role] = bind(*split_listen(listen), listen, reuse_port=reuse_port)
     except OSError:
         for sock in sockets.values():
             sock.close()
@@ -114,30 +98,23 @@ async def _run(
     control: bool,
     gateway: bool,
     demo: bool,
+    workers: int,
+    table: RevocationTable | None,
     on_ready: OnReady | None,
 ) -> None:
     settings = rt.settings
     runners: list[web.ServerRunner] = []
     tasks: list[asyncio.Task[None]] = []
+    pool: WorkerPool | None = None
     tokens = None
     try:
         if demo:
             tokens, secret = set_up_demo(
                 rt.ctx, settings.state_dir, f"http://{settings.demo.upstream_listen}"
             )
-            runners.append(await _serve_aiohttp(create_upstream(secret), sockets["demo"]))
+            runners.append(await serve_aiohttp(create_upstream(secret), sockets["demo"]))
         if gateway:
-            assert rt.proxy is not None
-            assert rt.view is not None
-            await rt.proxy.start()
-            runners.append(
-                await _serve_aiohttp(
-                    create_gateway_server(rt.proxy, rt.decisions), sockets["gateway"]
-                )
-            )
-            # Other processes' revocations arrive by resync: at most 250 ms late (SPEC: < 1 s).
-            period = min(max(settings.revocation.max_staleness.total_seconds() / 4, 0.05), 0.25)
-            tasks.append(asyncio.create_task(_every(period, rt.view.resync, "resync")))
+            pool = await _start_gateway(rt, sockets["gateway"], workers, table, runners, tasks)
         jobs: list[tuple[float, Callable[[], object], str]] = []
         if control:
             ctx = rt.ctx
@@ -152,13 +129,13 @@ async def _run(
                 ),
                 *(rt.notifier.jobs() if rt.notifier is not None else ()),
             ]
-        tasks.extend(asyncio.create_task(_every(s, j, n)) for s, j, n in jobs)
+        tasks.extend(asyncio.create_task(every(s, j, n)) for s, j, n in jobs)
         if control and rt.ctx.policy_file is not None:
             watcher = PolicyWatcher(rt.ctx, rt.ctx.policy_file)
-            tasks.append(asyncio.create_task(_every(1.0, watcher.poll, "policy-watch")))
+            tasks.append(asyncio.create_task(every(1.0, watcher.poll, "policy-watch")))
         _reload_on_sighup(rt.ctx if control else None, tasks)
         if control:
-            host, port = _split(settings.control.listen)
+            host, port = split_listen(settings.control.listen)
             config = uvicorn.Config(
                 create_app(rt.ctx),
                 host=host,
@@ -177,18 +154,58 @@ async def _run(
                 return
             if on_ready:
                 on_ready(rt, tokens)
-            await started
+            await _until_done(started, pool, lambda: setattr(server, "should_exit", True))
         else:
             if on_ready:
                 on_ready(rt, tokens)
-            await _wait_for_signal()
+            waiting = asyncio.create_task(wait_for_signal())
+            await _until_done(waiting, pool, waiting.cancel)
     finally:
         for task in tasks:
             task.cancel()
+        if pool is not None:
+            await pool.stop()
         for runner in runners:
             await runner.cleanup()
         if rt.proxy is not None:
             await rt.proxy.close()
+
+
+async def _start_gateway(
+    rt: Runtime,
+    sock: socket.socket,
+    workers: int,
+    table: RevocationTable | None,
+    runners: list[web.ServerRunner],
+    tasks: list[asyncio.Task[None]],
+) -> WorkerPool | None:
+    """The gateway in this process (adding to ``runners`` and ``tasks``), or its workers."""
+    if workers > 1:
+        host, port = sock.getsockname()[:2]
+        handle = table.handle if table is not None else None
+        pool = WorkerPool(rt.settings, (host, port), handle, workers)
+        await pool.start()
+        return pool
+    assert rt.proxy is not None
+    assert rt.view is not None
+    runner, resync = await start_gateway(rt.settings, rt.view, rt.proxy, rt.decisions, sock)
+    runners.append(runner)
+    tasks.append(resync)
+    return None
+
+
+async def _until_done(
+    main: asyncio.Task[None], pool: WorkerPool | None, stop: Callable[[], object]
+) -> None:
+    """Until ``main`` ends; when the workers fail, ``stop`` it and raise why."""
+    if pool is not None:
+        await asyncio.wait({main, pool.failed}, return_when=asyncio.FIRST_COMPLETED)
+        if pool.failed.done():
+            stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            pool.failed.result()
+    await main
 
 
 def _reload_on_sighup(ctx: Context | None, tasks: list[asyncio.Task[None]]) -> None:
@@ -211,28 +228,30 @@ def _reload_on_sighup(ctx: Context | None, tasks: list[asyncio.Task[None]]) -> N
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
 
 
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 def run(
     settings: Settings,
     *,
     control: bool = True,
     gateway: bool = True,
     demo: bool = False,
+    workers: int | None = None,
     on_ready: OnReady | None = None,
 ) -> None:
-    sockets = _bind_all(settings, control=control, gateway=gateway, demo=demo)
+    """Serve the roles asked for; ``workers``: gateway worker processes (see
+    :func:`gateway_workers`), where more than one puts the gateway in its own processes."""
+    count = gateway_workers(settings, workers, control=control) if gateway else 0
+    pooled = count > 1
+    sockets = _bind_all(settings, control=control, gateway=gateway, demo=demo, pooled=pooled)
+    table = None
     try:
-        rt = build(settings, demo=demo, gateway=gateway)
+        if pooled and control:  # the control plane's revocations, shared with the workers
+            table = RevocationTable.create(SystemClock(), ENDED_GRACE)
+        rt = build(settings, demo=demo, gateway=gateway and not pooled, feed=table)
     except BaseException:
         for sock in sockets.values():
             sock.close()
+        if table is not None:
+            table.close()
         raise
     # Everything loaded so far lives as long as the process: keep it out of the garbage
     # collector's full passes, which otherwise pause the event loop for 100 ms and more.
@@ -240,9 +259,18 @@ def run(
     gc.freeze()
     try:
         main: Awaitable[None] = _run(
-            rt, sockets, control=control, gateway=gateway, demo=demo, on_ready=on_ready
+            rt,
+            sockets,
+            control=control,
+            gateway=gateway,
+            demo=demo,
+            workers=count,
+            table=table,
+            on_ready=on_ready,
         )
         with contextlib.suppress(KeyboardInterrupt):
             uvloop.run(main)  # type: ignore[arg-type]
     finally:
         rt.close()
+        if table is not None:
+            table.close()

@@ -74,6 +74,7 @@ class Server:
     control_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     upstream_port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()  # more options of ``jitgate up --demo``
     output: list[str] = field(default_factory=list)  # stdout and stderr of every run
     process: subprocess.Popen[str] | None = None
     _readers: list[threading.Thread] = field(default_factory=list)
@@ -107,7 +108,7 @@ class Server:
     def start(self) -> None:
         assert not self.running
         self.process = subprocess.Popen(
-            [*JITGATE, "up", "--demo"],
+            [*JITGATE, "up", "--demo", *self.args],
             env=self.environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -104,9 +104,7 @@ async def test_upstream_error_status_passes_back_with_a_scrubbed_reason(
 
 
 @pytest.mark.parametrize("api", ["echo", "echoq", "echob"])
-async def test_a_secret_reflected_into_the_response_body_is_scrubbed(
-    gw: Harness, api: str
-) -> None:
+async def test_a_secret_reflected_into_the_response_body_is_scrubbed(gw: Harness, api: str) -> None:
     """An upstream that echoes its request (httpbin /headers): the body is overwritten.
 
     ``gw.call`` fails on any spelling of a secret in the reply; the mask keeps lengths.

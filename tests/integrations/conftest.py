@@ -34,17 +34,6 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.conftest import IN_CI, ListSink
-from tests.gateway import conftest as gateway_harness
-from tests.gateway.conftest import (
-    BASIC_USER,
-    MAX_STALENESS,
-    EchoUpstream,
-    Harness,
-    Hit,
-    Reply,
-    serve,
-)
 
 from jitgate.clock import FrozenClock
 from jitgate.domain.models import Api, Injection, InjectionKind
@@ -57,6 +46,17 @@ from jitgate.secrets import Secret, SecretBox
 from jitgate.services import directory
 from jitgate.services.context import Context
 from jitgate.storage.store import Store
+from tests.conftest import IN_CI, ListSink
+from tests.gateway import conftest as gateway_harness
+from tests.gateway.conftest import (
+    BASIC_USER,
+    MAX_STALENESS,
+    EchoUpstream,
+    Harness,
+    Hit,
+    Reply,
+    serve,
+)
 
 # The gateway harness's fixtures, shared as they are (a template SQLite database with the
 # principals, the session's master key, the any-scope test policy).

@@ -39,6 +39,10 @@ def api_add(
     environment: Annotated[str, typer.Option(help="environment label")] = "prod",
     owner: Annotated[list[str] | None, typer.Option(help="owner group (repeatable)")] = None,
     description: str = "",
+    mask: Annotated[
+        list[str] | None,
+        typer.Option(help="JSONPath masked in JSON responses, e.g. '$.card.number' (repeatable)"),
+    ] = None,
 ) -> None:
     """Register an upstream API. The secret is read from an environment variable."""
     secret = os.environ.get(secret_env)
@@ -57,9 +61,12 @@ def api_add(
         "environment": environment,
         "owners": owner or [],
         "description": description,
+        "masks": mask or [],
     }
     created = _client(ctx).call("POST", "/v1/apis", json_body=body)
     typer.echo(f"API {created['name']} registered: {created['base_url']}")
+    if created["masks"]:
+        typer.echo(f"masked in JSON responses: {', '.join(created['masks'])}")
 
 
 @api_app.command("list")
@@ -87,6 +94,21 @@ def api_rotate(
         fail(f"set the new secret in ${secret_env}")
     _client(ctx).call("POST", f"/v1/apis/{name}/secret", json_body={"secret": secret})
     typer.echo(f"secret of {name} rotated")
+
+
+@api_app.command("set-masks")
+def api_set_masks(
+    ctx: typer.Context,
+    name: str,
+    mask: Annotated[
+        list[str] | None,
+        typer.Option("--mask", help="JSONPath of a response field to mask (repeatable)"),
+    ] = None,
+) -> None:
+    """Replace an API's response masks (none given: remove them); in force on the next call."""
+    result = _client(ctx).call("PUT", f"/v1/apis/{name}/masks", json_body={"masks": mask or []})
+    masks = result["masks"]
+    typer.echo(f"masks of {name}: {', '.join(masks)}" if masks else f"{name} has no masks")
 
 
 @principal_app.command("add")

@@ -119,13 +119,24 @@ jitgate --profile admin audit verify
     )
 
 
-def _run(config: Path | None, **roles: bool) -> None:
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=256,
+        help="gateway worker processes (or gateway.workers); default: see the command",
+    ),
+]
+
+
+def _run(config: Path | None, workers: int | None = None, **roles: bool) -> None:
     """Start servers; every start-up problem is one line and exit code 2."""
     from jitgate import runner  # noqa: PLC0415 - servers load only for the commands that run them
 
     settings = _settings(config)
     try:
-        runner.run(settings, on_ready=_walkthrough, **roles)
+        runner.run(settings, on_ready=_walkthrough, workers=workers, **roles)
     except JitgateError as exc:
         fail(exc.detail, code=2)
     except OSError as exc:
@@ -138,9 +149,13 @@ def up(
     demo: Annotated[
         bool, typer.Option(help="start the demo upstream, principals and policy")
     ] = False,
+    workers: WorkersOption = None,
 ) -> None:
-    """Start the control plane and the gateway in one process (embedded default: SQLite)."""
-    _run(config, demo=demo)
+    """Start the control plane and the gateway in one process (embedded default: SQLite).
+
+    With --workers N above 1, the gateway runs in N worker processes beside it (default 1).
+    """
+    _run(config, workers, demo=demo)
 
 
 @serve_app.command("control")
@@ -150,9 +165,9 @@ def serve_control(config: ConfigOption = None) -> None:
 
 
 @serve_app.command("gateway")
-def serve_gateway(config: ConfigOption = None) -> None:
-    """Run the gateway only."""
-    _run(config, control=False)
+def serve_gateway(config: ConfigOption = None, workers: WorkersOption = None) -> None:
+    """Run the gateway only, in --workers N processes (default: one per CPU)."""
+    _run(config, workers, control=False)
 
 
 def _token_from_file(path: Path, key: str | None) -> str:

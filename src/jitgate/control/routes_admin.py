@@ -11,6 +11,7 @@ from pydantic import AwareDatetime
 from jitgate.control.deps import Caller, Ctx
 from jitgate.control.schemas import (
     ApiIn,
+    MasksIn,
     PrincipalIn,
     SecretIn,
     TokenIn,
@@ -59,8 +60,15 @@ def add_api(body: ApiIn, ctx: Ctx, caller: Caller) -> dict[str, Any]:
         environment=body.environment,
         owners=frozenset(body.owners),
         description=body.description,
+        masks=tuple(body.masks),
     )
     return api_json(directory.add_api(ctx, caller, api, Secret(body.secret)))
+
+
+@router.put("/apis/{name}/masks", tags=["apis"])
+def set_masks(name: str, body: MasksIn, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """Replace the API's response masks (``[]`` removes them); in force on the next call."""
+    return api_json(directory.set_masks(ctx, caller, name, tuple(body.masks)))
 
 
 @router.post("/apis/{name}/secret", status_code=204, tags=["apis"])

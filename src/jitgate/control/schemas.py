@@ -22,6 +22,7 @@ from pydantic import (
 
 from jitgate.domain.durations import format_duration
 from jitgate.domain.lifecycle import terms_hash
+from jitgate.domain.masks import MAX_MASK_LENGTH, MAX_MASKS
 from jitgate.domain.models import AccessRequest, Api, Grant, GrantStatus, Principal
 from jitgate.domain.scopes import MAX_SCOPE_LENGTH
 from jitgate.errors import InvalidInput
@@ -73,6 +74,8 @@ Duration = (
 )
 DURATION_HELP = "90s, 15m, 1h, 1h30m or seconds"
 ScopeText = Annotated[str, Field(max_length=MAX_SCOPE_LENGTH)]
+MaskText = Annotated[str, Field(max_length=MAX_MASK_LENGTH)]
+MASKS_HELP = 'JSONPaths whose values are masked in JSON responses, e.g. "$.card.number"'
 
 
 class RequestIn(Body):
@@ -133,6 +136,13 @@ class ApiIn(Body):
     environment: str = Field(default="prod", max_length=64)
     owners: list[str] = Field(default_factory=list, max_length=50)
     description: str = Field(default="", max_length=2000)
+    masks: list[MaskText] = Field(
+        default_factory=list, max_length=MAX_MASKS, description=MASKS_HELP
+    )
+
+
+class MasksIn(Body):
+    masks: list[MaskText] = Field(max_length=MAX_MASKS, description=MASKS_HELP)
 
 
 class SecretIn(Body):
@@ -209,6 +219,7 @@ def grant_json(g: Grant, now: datetime) -> dict[str, Any]:
             else 0
         ),
         **g.limits.as_dict(),
+        "masks": list(g.masks),
         "created_at": iso(g.created_at),
         "ended_at": iso(g.ended_at),
         "ended_by": g.ended_by,
@@ -273,6 +284,7 @@ def api_json(a: Api) -> dict[str, Any]:
         "environment": a.environment,
         "owners": sorted(a.owners),
         "description": a.description,
+        "masks": list(a.masks),
         "injection": {
             "kind": inj.kind.value,
             "name": inj.name,

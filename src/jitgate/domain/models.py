@@ -57,6 +57,7 @@ class Api:
     environment: str
     owners: frozenset[str] = frozenset()
     description: str = ""
+    masks: tuple[str, ...] = ()  # JSONPaths masked in its JSON responses (domain.masks)
 
 
 class RequestStatus(StrEnum):
@@ -178,6 +179,7 @@ class Decision:
     break_glass: bool = False
     notify: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    masks: tuple[str, ...] = ()  # the rule's response masks, carried onto the grant
 
     @property
     def approvals_required(self) -> int:
@@ -203,6 +205,7 @@ class Decision:
             "break_glass": self.break_glass,
             "notify": dict(self.notify),
             "limits": self.limits.as_dict(),
+            "masks": list(self.masks),
             "policy_version": self.policy_version,
         }
 
@@ -244,6 +247,7 @@ class Grant:
     status: GrantStatus
     created_at: datetime
     limits: Limits = NO_LIMITS
+    masks: tuple[str, ...] = ()  # response masks from the rule, on top of the API's
     ended_at: datetime | None = None
     ended_by: str | None = None
     end_reason: str | None = None

@@ -32,14 +32,21 @@ import json
 import logging
 from collections.abc import Iterable
 from enum import StrEnum
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from aiohttp import web
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import utc
 from jitgate.gateway.enforce import Allow, Deny
-from jitgate.gateway.proxy import ALLOWED, DECISIONS, Proxy, problem_response, upstream_query
+from jitgate.gateway.proxy import (
+    ALLOWED,
+    DECISIONS,
+    Proxy,
+    allowed_event,
+    problem_response,
+    upstream_query,
+)
 from jitgate.problems import problem
 
 log = logging.getLogger(__name__)
@@ -96,8 +103,7 @@ def _original(request: web.BaseRequest, via: Via) -> tuple[str, str] | Deny:
                 f"the proxy must send exactly one {name} header",
             )
         found.append(values[0])
-    method, target = found
-    return method, target
+    return found[0], found[1]
 
 
 class DecisionEndpoints:
@@ -107,16 +113,18 @@ class DecisionEndpoints:
         self.proxy = proxy
         self.allow_from = tuple(allow_from)
 
-    def _caller_allowed(self, request: web.BaseRequest) -> bool:
+    def caller_allowed(self, request: web.BaseRequest) -> bool:
         try:
             peer = ip_address(request.remote or "")
         except ValueError:  # a Unix socket or an unknown peer: not an allowed proxy
             return False
+        if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped  # a dual-stack listener's IPv4 caller
         return any(peer in net for net in self.allow_from)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         via = _via(request.raw_path)
-        if via is None or not self._caller_allowed(request):
+        if via is None or not self.caller_allowed(request):
             if via is not None:
                 log.warning("decision endpoint refused to %s: not in allow_from", request.remote)
             return problem_response(DISABLED)
@@ -143,23 +151,7 @@ class DecisionEndpoints:
         if isinstance(decision, Deny):
             return await self._deny(via, method, target, decision, now)
         ALLOWED.inc()
-        claims = decision.token.claims
-        await self._record(
-            NewEvent(
-                type=EventType.ACCESS_ALLOWED,
-                at=utc(now),
-                actor=claims.principal,
-                principal=claims.principal,
-                api=decision.upstream.api.name,
-                grant=claims.grant_id,
-                data={
-                    "method": method,
-                    "path": decision.path[:512],
-                    "jti": claims.jti,
-                    "via": str(via),
-                },
-            )
-        )
+        await self._record(allowed_event(decision, method, now, via=str(via)))
         return _allow_response(via, decision)
 
     async def _deny(

@@ -10,9 +10,10 @@ of it (:func:`read_form`).
 
 The upstream's body is scrubbed while it streams back (:class:`Scrubber`): every
 spelling of the secret is overwritten by as many ``*``, so lengths (``Content-Length``,
-``Content-Range``) stay true, and the last ``longest spelling - 1`` bytes are held back
-between chunks so that a secret split across two chunks is still caught. Bodies with a
-``Content-Encoding`` cannot be scrubbed and pass as they are.
+``Content-Range``) stay true. A chunk's tail that could begin a spelling is held back
+until the next chunk (or the end), so that a secret split across two chunks is still
+caught; any other tail goes out at once, so streamed events are not delayed. Bodies with
+a ``Content-Encoding`` cannot be scrubbed and pass as they are.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Scrubber:
 
     def __init__(self, spellings: tuple[str, ...]) -> None:
         self._forms = tuple(s.encode() for s in spellings if s)
+        self._firsts = {f[:1] for f in self._forms}
         self._keep = max((len(f) for f in self._forms), default=1) - 1
         self._held = b""
 
@@ -95,13 +97,24 @@ class Scrubber:
             data = data.replace(form, b"*" * len(form))
         return data
 
+    def _cut(self, data: bytes) -> int:
+        """Where the tail that could begin a spelling starts (``len(data)``: none)."""
+        start = max(0, len(data) - self._keep)
+        cut = len(data)
+        for first in self._firsts:
+            at = data.find(first, start, cut)
+            while at != -1:
+                tail = data[at:]
+                if any(form.startswith(tail) for form in self._forms):
+                    cut = at
+                    break
+                at = data.find(first, at + 1, cut)
+        return cut
+
     def feed(self, chunk: bytes) -> bytes:
         """What may be sent now; a possible start of a secret is held back."""
         data = self._scrub(self._held + chunk)
-        cut = len(data) - self._keep
-        if cut <= 0:
-            self._held = data
-            return b""
+        cut = self._cut(data)
         self._held = data[cut:]
         return data[:cut]
 

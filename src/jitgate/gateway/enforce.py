@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 
 from multidict import CIMultiDictProxy, MultiMapping
 
+from jitgate.domain.masks import Mask, parse_masks
 from jitgate.domain.scopes import ALL_METHODS, AmbiguousPath, Scope, normalise_path, parse_scope
 from jitgate.errors import JitgateError
 from jitgate.gateway.view import GatewayView, Upstream
@@ -34,6 +35,7 @@ METHOD_OVERRIDE_PARAMS = ("_method",)
 class VerifiedToken:
     claims: GrantClaims
     scopes: tuple[Scope, ...]
+    masks: tuple[Mask, ...] = ()  # the grant's response masks (``msk``), parsed once
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,11 @@ class Enforcer:
             scopes = tuple(parse_scope(s) for s in result.scopes)
         except JitgateError:
             return Deny(401, "token-claims", "the token carries an invalid scope")
-        verified = VerifiedToken(result, scopes)
+        try:
+            masks = parse_masks(result.masks)
+        except JitgateError:
+            return Deny(401, "token-claims", "the token carries an invalid response mask")
+        verified = VerifiedToken(result, scopes, masks)
         self.cache.put(token, verified)
         return verified
 

@@ -11,7 +11,8 @@ followed; upstream connections are pooled; link-local and metadata addresses are
 refused at connect time (:mod:`jitgate.gateway.resolver`). Every spelling of the secret
 is scrubbed from the answer's reason phrase and headers, and overwritten in its body
 unless that has a ``Content-Encoding``. ``Expect: 100-continue`` is answered here, and
-only once the call is allowed.
+only once the call is allowed. A call with response masks has its JSON answer read,
+masked and scrubbed whole (:mod:`jitgate.gateway.masking`); every other answer streams.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, unquote_plus
 
 import aiohttp
@@ -34,6 +36,7 @@ from yarl import URL
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import Clock, utc
 from jitgate.domain.addresses import refused_address
+from jitgate.domain.masks import Mask
 from jitgate.gateway.bodies import (
     MAX_FORM_SIZE,
     BodyLimitError,
@@ -43,6 +46,15 @@ from jitgate.gateway.bodies import (
     too_large,
 )
 from jitgate.gateway.enforce import METHOD_OVERRIDE_PARAMS, Allow, Deny, Enforcer, query_keys
+from jitgate.gateway.masking import (
+    MAX_MASK_BODY,
+    MaskRefusedError,
+    applies,
+    mask_request,
+    masked_headers,
+    masks_for,
+    read_masked,
+)
 from jitgate.gateway.resolver import GuardedResolver, RefusedAddressError
 from jitgate.gateway.view import Upstream
 from jitgate.problems import PROBLEM_CONTENT_TYPE, problem
@@ -180,6 +192,20 @@ def _refused(allow: Allow, status: int, reason: str, detail: str) -> Deny:
     return Deny(status, reason, detail, allow.upstream.api.name, allow.token)
 
 
+def allowed_event(allow: Allow, method: str, now: float, **data: Any) -> NewEvent:
+    """The ``access.allowed`` event of a call (or decision) that ``allow`` admitted."""
+    claims = allow.token.claims
+    return NewEvent(
+        type=EventType.ACCESS_ALLOWED,
+        at=utc(now),
+        actor=claims.principal,
+        principal=claims.principal,
+        api=allow.upstream.api.name,
+        grant=claims.grant_id,
+        data={"method": method, "path": allow.path[:512], "jti": claims.jti, **data},
+    )
+
+
 class Proxy:
     def __init__(
         self,
@@ -191,6 +217,7 @@ class Proxy:
         timeout: float,
         client_timeout: float = 30.0,
         max_body_size: int = 1 << 30,
+        max_mask_body: int = MAX_MASK_BODY,
         allow_link_local: bool = False,
         resolver: AbstractResolver | None = None,
     ) -> None:
@@ -199,6 +226,7 @@ class Proxy:
         self.clock = clock
         self.client_timeout = client_timeout
         self.max_body_size = max_body_size
+        self.max_mask_body = max_mask_body
         self._allow_link_local = allow_link_local
         self._resolver = resolver
         self._timeout = aiohttp.ClientTimeout(
@@ -293,36 +321,30 @@ class Proxy:
         # What the audit says if forwarding raises (e.g. the handler is cancelled).
         status: int = 500
         error: str | None = "internal-error"
+        masked: int | None = None  # values masked in the answer; None: not a masked answer
         try:
-            response, error = await self._forward(request, decision, form)
+            response, error, masked = await self._forward(request, decision, form)
             status = response.status
             return response
         finally:  # every forwarded call is audited, however it ended
-            claims = decision.token.claims
             await self._record(
-                NewEvent(
-                    type=EventType.ACCESS_ALLOWED,
-                    at=utc(now),
-                    actor=claims.principal,
-                    principal=claims.principal,
-                    api=decision.upstream.api.name,
-                    grant=claims.grant_id,
-                    data={
-                        "method": request.method,
-                        "path": decision.path[:512],
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                        "jti": claims.jti,
-                        **({"error": error} if error else {}),
-                    },
+                allowed_event(
+                    decision,
+                    request.method,
+                    now,
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    **({"error": error} if error else {}),
+                    **({"masked": masked} if masked is not None else {}),
                 )
             )
 
     async def _forward(
         self, request: web.BaseRequest, allow: Allow, form: bytes | None
-    ) -> tuple[web.StreamResponse, str | None]:
+    ) -> tuple[web.StreamResponse, str | None, int | None]:
         assert self._session is not None, "Proxy.start() was not awaited"
         upstream = allow.upstream
+        masks = masks_for(allow) if upstream.masks or allow.token.masks else ()
         query = upstream_query(allow.query, upstream)
         url = URL(upstream.api.base_url + allow.path + (f"?{query}" if query else ""), encoded=True)
         if not self._allow_link_local and url.host and _literal_refusal(url.host):
@@ -331,17 +353,18 @@ class Proxy:
         if form is None and request.body_exists:
             await _continue(request)
             body = RequestBody(request.content, limit=self.max_body_size, stall=self.client_timeout)
+        headers = upstream_headers(request.headers, upstream)
+        if masks:
+            mask_request(headers)
         try:
             upstream_response = await self._session.request(
-                request.method,
-                url,
-                headers=upstream_headers(request.headers, upstream),
-                data=body,
-                allow_redirects=False,
+                request.method, url, headers=headers, data=body, allow_redirects=False
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _upstream_failure(exc, body, upstream.api.name)
         async with upstream_response:
+            if masks and applies(request.method, upstream_response):
+                return await self._masked(upstream_response, upstream, masks)
             reason = upstream_response.reason
             response = web.StreamResponse(
                 status=upstream_response.status,
@@ -361,22 +384,46 @@ class Proxy:
                     await response.write(scrubber.flush())
                 await response.write_eof()
             except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
-                return response, "client-disconnected"
+                return response, "client-disconnected", None
             except TimeoutError:
-                return response, "upstream-body-timeout"
+                return response, "upstream-body-timeout", None
             except aiohttp.ClientError:
-                return response, "upstream-body-interrupted"
+                return response, "upstream-body-interrupted", None
         refused = body.refused if isinstance(body, RequestBody) else None
-        return response, refused.reason if refused else None
+        return response, refused.reason if refused else None, None
+
+    async def _masked(
+        self, upstream_response: aiohttp.ClientResponse, upstream: Upstream, masks: tuple[Mask, ...]
+    ) -> tuple[web.StreamResponse, str | None, int | None]:
+        """A JSON answer read whole, masked and scrubbed; refused (502) if it cannot be."""
+        try:
+            body, masked = await read_masked(upstream_response, masks, self.max_mask_body)
+        except MaskRefusedError as exc:
+            log.warning("answer of %s not masked: %s", upstream.api.name, exc.reason)
+            return _failed(502, exc.reason, exc.detail)
+        except TimeoutError:
+            return _failed(504, "upstream-body-timeout", "the upstream's answer stalled")
+        except aiohttp.ClientError:
+            return _failed(502, "upstream-body-interrupted", "the upstream's answer broke off")
+        scrubber = Scrubber(upstream.spellings)
+        reason = upstream_response.reason
+        headers = response_headers(upstream_response.headers, upstream.spellings)
+        response = web.Response(
+            status=upstream_response.status,
+            reason=_scrub(reason, upstream.spellings) if reason else None,
+            headers=masked_headers(headers, upstream_response),
+            body=scrubber.feed(body) + scrubber.flush(),
+        )
+        return response, None, masked
 
 
-def _failed(status: int, reason: str, detail: str) -> tuple[web.StreamResponse, str]:
-    return problem_response(Deny(status, reason, detail)), reason
+def _failed(status: int, reason: str, detail: str) -> tuple[web.StreamResponse, str, None]:
+    return problem_response(Deny(status, reason, detail)), reason, None
 
 
 def _upstream_failure(
     exc: BaseException, body: RequestBody | bytes | None, api: str
-) -> tuple[web.StreamResponse, str]:
+) -> tuple[web.StreamResponse, str, None]:
     """The answer when the upstream request failed before its answer's head arrived."""
     refused = body.refused if isinstance(body, RequestBody) else None
     if refused is not None:  # the caller's body broke a limit: the upload was stopped

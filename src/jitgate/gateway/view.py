@@ -3,9 +3,12 @@
 It holds the upstream APIs (with their decrypted secrets), the public keys of grant
 tokens, and the set of grants ended early (revoked or released) whose tokens are still
 in date. It implements the services' change feed, so in one process a revocation is in
-force as soon as the service announces it; :meth:`GatewayView.resync` reloads
-everything from the database (at start, and periodically for changes made by other
-processes). ``fresh`` is false once a resync is overdue by ``max_staleness``: callers
+force as soon as the service announces it. In a gateway worker of ``jitgate up --workers
+N``, ``shared`` is the control plane's revocation table
+(:mod:`jitgate.gateway.revocations`), consulted on every call as well: it holds a
+revocation before the revoke call returns. :meth:`GatewayView.resync` reloads everything
+from the database (at start, and periodically for changes made by other processes).
+``fresh`` is false once a resync is overdue by ``max_staleness``: callers
 then fail closed.
 """
 
@@ -15,14 +18,16 @@ import base64
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import quote, quote_plus
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jitgate.clock import Clock
 from jitgate.config import MAX_CLOCK_SKEW
+from jitgate.domain.masks import Mask, parse_masks
 from jitgate.domain.models import Api, InjectionKind
+from jitgate.gateway.revocations import RevocationTable
 from jitgate.gateway.usage import UsageMeter
 from jitgate.secrets import Secret, SecretBox
 from jitgate.storage.directory_repo import StoredKey
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 # An ended grant is remembered this long past its expiry: its tokens are accepted up to
 # the clock-skew allowance (at most 5 s) after ``exp``, and must stay refused meanwhile.
 ENDED_GRACE = MAX_CLOCK_SKEW
+# A resync reads the grants ended since the previous one, from this long before it began:
+# a revocation committed late, or stamped by a slightly slower clock, is still seen.
+ENDED_OVERLAP = timedelta(seconds=30)
+FULL_RELOAD_EVERY = 60.0  # seconds; and the first resync reads every ended grant
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +57,22 @@ class Upstream:
     # may echo back (raw, percent-encoded, inside the basic-auth value), longest first:
     # what is scrubbed from response headers.
     spellings: tuple[str, ...] = field(repr=False, default=())
+    masks: tuple[Mask, ...] = ()  # the API's response masks, parsed once
 
     @classmethod
     def build(cls, api: Api, secret: Secret) -> Upstream:
         inj = api.injection
         value = secret.reveal()
         forms = {value, quote(value, safe=""), quote(value), quote_plus(value)}
+        masks = parse_masks(api.masks)
         if inj.kind is InjectionKind.HEADER:
             header = inj.template.replace("{secret}", value)
-            return cls(api, secret, inj.name.lower(), header, None, _longest_first(forms))
+            return cls(api, secret, inj.name.lower(), header, None, _longest_first(forms), masks)
         if inj.kind is InjectionKind.BASIC:
             basic = base64.b64encode(f"{inj.username}:{value}".encode()).decode()
             spellings = _longest_first({*forms, basic})
-            return cls(api, secret, "authorization", f"Basic {basic}", None, spellings)
-        return cls(api, secret, None, "", inj.name, _longest_first(forms))
+            return cls(api, secret, "authorization", f"Basic {basic}", None, spellings, masks)
+        return cls(api, secret, None, "", inj.name, _longest_first(forms), masks)
 
 
 def _longest_first(forms: set[str]) -> tuple[str, ...]:
@@ -71,7 +82,15 @@ def _longest_first(forms: set[str]) -> tuple[str, ...]:
 class GatewayView:
     """What the gateway enforces against, in memory; see the module docstring."""
 
-    def __init__(self, store: Store, box: SecretBox, clock: Clock, *, max_staleness: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        clock: Clock,
+        *,
+        max_staleness: float,
+        shared: RevocationTable | None = None,
+    ) -> None:
         self._store = store
         self._box = box
         self._clock = clock
@@ -81,12 +100,15 @@ class GatewayView:
         self.public_keys: dict[str, Ed25519PublicKey] = {}
         self.ended: dict[str, float] = {}  # grant id -> its expiry (POSIX seconds)
         self._synced_at = float("-inf")
+        self._ended_read_at: datetime | None = None  # wall time of the last ended-grants read
+        self._full_at = float("-inf")  # monotonic time of the last full read
         self._generation = 0  # bumped by every reload the feed asks for
         self.usage = UsageMeter()  # per-grant call counts and rate buckets
+        self.shared = shared  # the control plane's revocations, in a worker process
 
     # what enforcement asks ----------------------------------------------------
     def is_ended(self, grant_id: str) -> bool:
-        return grant_id in self.ended
+        return grant_id in self.ended or (self.shared is not None and grant_id in self.shared)
 
     @property
     def fresh(self) -> bool:
@@ -144,8 +166,14 @@ class GatewayView:
             generation = self._generation
         started = self._clock.monotonic()
         first = self._synced_at == float("-inf")
+        full = self._ended_read_at is None or started - self._full_at >= FULL_RELOAD_EVERY
+        read_at = self._clock.now()
         with self._store.read() as tx:
-            ended = tx.access.ended_unexpired(self._clock.now() - ENDED_GRACE)
+            # Incremental: a view of 100,000 revocations must not be re-read 4 times a second.
+            since = None if full or self._ended_read_at is None else self._ended_read_at
+            ended = tx.access.ended_unexpired(
+                read_at - ENDED_GRACE, since=None if since is None else since - ENDED_OVERLAP
+            )
             keys = tx.directory.list_keys()
             rows = tx.directory.apis_with_secrets()
             if first:  # a quota survives a restart: count what was already admitted
@@ -161,4 +189,7 @@ class GatewayView:
             merged.update({g: e for g, e in self.ended.items() if e > horizon})
             self.ended = merged
             self._synced_at = started
+            self._ended_read_at = read_at
+            if full:
+                self._full_at = started
         self.usage.prune(self._clock.timestamp())

@@ -311,6 +311,7 @@ def _decide(policy: Policy, rule: Rule, subject: Subject, risk: Risk) -> Decisio
         "policy_version": policy.digest,
         "notify": rule.notify,
         "limits": rule.limits,
+        "masks": rule.masks,
     }
     if rule.approval.mode is Mode.AUTO:
         reasons = (f"rule {rule.name} approves automatically",)

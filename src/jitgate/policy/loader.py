@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jitgate.domain.durations import parse_duration
+from jitgate.domain.masks import MAX_MASKS, parse_mask
 from jitgate.domain.models import ApprovalStep, Limits
 from jitgate.domain.scopes import Scope, parse_scope
 from jitgate.errors import ConfigError, InvalidInput
@@ -156,6 +157,7 @@ def _rule(rule: _RuleIn, line: int, defaults: Defaults) -> Rule:
             rate_window=None if rule.rate_limit is None else rule.rate_limit[1],
             idle_timeout=rule.idle_timeout,
         ),
+        masks=tuple(dict.fromkeys(rule.mask)),
     )
 
 
@@ -414,6 +416,13 @@ def _rate(value: object) -> tuple[int, timedelta]:
     return int(calls), timedelta(seconds=_RATE_WINDOWS.get(unit, 3600))
 
 
+def _mask(value: object) -> str:
+    try:
+        return parse_mask(value).text
+    except InvalidInput as exc:
+        raise _problem("mask", exc.detail) from None
+
+
 def _percent(value: object) -> float:
     text = value if isinstance(value, str) else ""
     number = text.removesuffix("%")
@@ -433,6 +442,7 @@ PatternIn = Annotated[re.Pattern[str], PlainValidator(_pattern)]
 ZoneIn = Annotated[ZoneInfo, PlainValidator(_zone)]
 PercentIn = Annotated[float, PlainValidator(_percent)]
 RateIn = Annotated[tuple[int, timedelta], PlainValidator(_rate)]
+MaskIn = Annotated[str, PlainValidator(_mask)]
 
 
 class _In(BaseModel):
@@ -592,6 +602,7 @@ class _RuleIn(_In):
     max_calls: int | None = Field(default=None, ge=1, le=10_000_000)
     rate_limit: RateIn | None = None
     idle_timeout: DurationIn | None = None
+    mask: list[MaskIn] = Field(default_factory=list, max_length=MAX_MASKS)
 
     @field_validator("apis")
     @classmethod

@@ -128,6 +128,7 @@ class Rule:
     extensions: Extensions = NO_EXTENSIONS
     notify: dict[str, str] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    masks: tuple[str, ...] = ()  # response masks put on its grants (domain.masks)
 
     def admits_api(self, api_name: str) -> bool:
         return ANY_API in self.apis or api_name in self.apis
@@ -172,6 +173,7 @@ class Rule:
             },
             "notify": dict(self.notify),
             "limits": self.limits.as_dict(),
+            "masks": list(self.masks),
         }
 
 

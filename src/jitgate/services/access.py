@@ -106,6 +106,7 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
         extends=request.extends_grant,
         needs_review=request.decision.break_glass,
         limits=request.decision.limits,
+        masks=request.decision.masks,
     )
     tx.access.insert_grant(grant)
     data: dict[str, Any] = {
@@ -117,6 +118,8 @@ def _open_grant(tx: Tx, request: AccessRequest, now: datetime, actor: str) -> Gr
         data["extends"] = grant.extends
     if grant.limits != NO_LIMITS:
         data["limits"] = grant.limits.as_dict()
+    if grant.masks:
+        data["masks"] = list(grant.masks)
     if grant.needs_review:
         data.update(break_glass=True, needs_review=True, reason=request.reason)
     tx.audit.append([grant_event(EventType.GRANT_ISSUED, grant, now, actor, data)])

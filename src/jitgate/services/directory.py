@@ -5,7 +5,8 @@ stored. Upstream URLs are http/https with a host and without userinfo, query or
 fragment, and not a link-local or cloud-metadata address literal unless the deployment
 allows those (:mod:`jitgate.domain.addresses`; names are judged again by the gateway at
 connect time); secrets are encrypted before they reach the database and are never
-returned.
+returned. An API's response masks are JSONPaths checked by :func:`jitgate.domain.masks.parse_masks`
+(a bad one is refused with what is wrong, before anything is written).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.domain.addresses import refused_address
+from jitgate.domain.masks import parse_masks
 from jitgate.domain.models import Api, Injection, InjectionKind, Principal, PrincipalKind
 from jitgate.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from jitgate.secrets import Secret
@@ -296,6 +298,7 @@ def add_api(ctx: Context, actor: Principal | None, api: Api, secret: Secret) -> 
         environment=api.environment,
         owners=api.owners,
         description=api.description,
+        masks=check_masks(api.masks),
     )
     check_secret(secret)
     now = ctx.now()
@@ -315,12 +318,42 @@ def add_api(ctx: Context, actor: Principal | None, api: Api, secret: Secret) -> 
                         "environment": api.environment,
                         "injection": api.injection.kind.value,
                         "owners": sorted(api.owners),
+                        "masks": list(api.masks),
                     },
                 )
             ]
         )
     ctx.feed.apis_changed()
     return api
+
+
+def check_masks(masks: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(mask.text for mask in parse_masks(masks))
+
+
+def set_masks(ctx: Context, actor: Principal, name: str, masks: tuple[str, ...]) -> Api:
+    """Replace an API's response masks (an empty tuple removes them); in force at once."""
+    require_admin(actor.is_admin, "change API masks")
+    masks = check_masks(masks)
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        current = tx.directory.get_api(name)
+        if current is None:
+            raise NotFound(f"no API {name!r}", code="api-not-found")
+        tx.directory.set_api_masks(name, masks, now)
+        tx.audit.append(
+            [
+                NewEvent(
+                    type=EventType.API_UPDATED,
+                    at=now,
+                    actor=actor.id,
+                    api=name,
+                    data={"masks": list(masks), "previous_masks": list(current.masks)},
+                )
+            ]
+        )
+    ctx.feed.apis_changed()
+    return replace(current, masks=masks)
 
 
 def rotate_secret(ctx: Context, actor: Principal, name: str, secret: Secret) -> None:

@@ -263,11 +263,7 @@ def revoke_idle(ctx: Context) -> list[Grant]:
     call (or since they started, if never used); the audit log says when each was used."""
     now = ctx.now()
     with ctx.store.read() as tx:
-        watched = [
-            g
-            for g in tx.access.list_grants(status=GrantStatus.ACTIVE, limit=None)
-            if g.limits.idle_timeout is not None and g.is_active_at(now)
-        ]
+        watched = [g for g in tx.access.idle_watched(now) if g.is_active_at(now)]
         used = tx.audit.last_allowed([g.id for g in watched])
     idle = [
         g.id

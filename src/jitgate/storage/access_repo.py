@@ -88,6 +88,7 @@ def decision_from_json(d: dict[str, Any]) -> Decision:
         break_glass=bool(d.get("break_glass", False)),
         notify=dict(d.get("notify", {})),
         limits=Limits.from_dict(d.get("limits", {})),
+        masks=tuple(d.get("masks", ())),
     )
 
 
@@ -137,6 +138,7 @@ def _grant(row: RowMapping) -> Grant:
             rate_window=_seconds(row["rate_window_seconds"]),
             idle_timeout=_seconds(row["idle_timeout_seconds"]),
         ),
+        masks=tuple(row["masks"] or ()),
         ended_at=row["ended_at"],
         ended_by=row["ended_by"],
         end_reason=row["end_reason"],
@@ -326,6 +328,7 @@ class AccessRepo:
                 rate_calls=g.limits.rate_calls,
                 rate_window_seconds=_whole_seconds(g.limits.rate_window),
                 idle_timeout_seconds=_whole_seconds(g.limits.idle_timeout),
+                masks=list(g.masks) or None,
                 created_at=g.created_at,
                 extends=g.extends,
                 needs_review=g.needs_review,
@@ -402,6 +405,15 @@ class AccessRepo:
         )
         return [_grant(r._mapping) for r in self._c.execute(query)]
 
+    def idle_watched(self, now: datetime) -> list[Grant]:
+        """Active, unexpired grants that have an ``idle_timeout``."""
+        query = select(grants).where(
+            grants.c.status == GrantStatus.ACTIVE.value,
+            grants.c.expires_at > now,
+            grants.c.idle_timeout_seconds.is_not(None),
+        )
+        return [_grant(r._mapping) for r in self._c.execute(query)]
+
     def limited_grants(self, now: datetime) -> list[str]:
         """Active, unexpired grants that have a call quota."""
         query = select(grants.c.id).where(
@@ -411,10 +423,15 @@ class AccessRepo:
         )
         return [str(r.id) for r in self._c.execute(query)]
 
-    def ended_unexpired(self, now: datetime) -> list[tuple[str, datetime]]:
-        """Grants ended early (revoked/released) whose tokens would still be in date."""
+    def ended_unexpired(
+        self, now: datetime, *, since: datetime | None = None
+    ) -> list[tuple[str, datetime]]:
+        """Grants ended early (revoked/released) whose tokens would still be in date;
+        with ``since``, only those ended at or after it."""
         query = select(grants.c.id, grants.c.expires_at).where(
             grants.c.status.in_([GrantStatus.REVOKED.value, GrantStatus.RELEASED.value]),
             grants.c.expires_at > now,
         )
+        if since is not None:
+            query = query.where(grants.c.ended_at >= since)
         return [(r.id, r.expires_at) for r in self._c.execute(query)]

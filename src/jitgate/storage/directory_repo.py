@@ -57,6 +57,7 @@ def _api(row: RowMapping) -> Api:
         environment=row["environment"],
         owners=frozenset(row["owners"]),
         description=row["description"],
+        masks=tuple(row["masks"] or ()),
     )
 
 
@@ -166,6 +167,7 @@ class DirectoryRepo:
                 owners=sorted(api.owners),
                 description=api.description,
                 secret_ciphertext=secret_ciphertext,
+                masks=list(api.masks) or None,
                 created_at=at,
                 updated_at=at,
             )
@@ -176,6 +178,11 @@ class DirectoryRepo:
             update(apis)
             .where(apis.c.name == name)
             .values(secret_ciphertext=secret_ciphertext, updated_at=at)
+        )
+
+    def set_api_masks(self, name: str, masks: tuple[str, ...], at: datetime) -> None:
+        self._c.execute(
+            update(apis).where(apis.c.name == name).values(masks=list(masks) or None, updated_at=at)
         )
 
     def get_api(self, name: str) -> Api | None:

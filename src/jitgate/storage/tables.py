@@ -95,6 +95,7 @@ apis = Table(
     Column("owners", JSON, nullable=False),
     Column("description", Text, nullable=False),
     Column("secret_ciphertext", LargeBinary, nullable=False),
+    Column("masks", JSON, nullable=True),  # response masks (JSONPath texts); null: none
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -155,6 +156,7 @@ grants = Table(
     Column("rate_calls", Integer, nullable=True),
     Column("rate_window_seconds", Integer, nullable=True),
     Column("idle_timeout_seconds", Integer, nullable=True),
+    Column("masks", JSON, nullable=True),  # response masks (JSONPath texts); null: none
     Column("created_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
     Column("ended_by", String(64), nullable=True),

@@ -4,7 +4,13 @@ Wire format (append-only; claims are never renamed or given a new meaning):
 header ``{alg: EdDSA, typ: jit+jwt, kid}``; claims ``iss, sub, aud, jti, gid, scope,
 iat, nbf, exp`` with ``exp`` never later than the grant's ``expires_at``, and ``lim``
 when the grant has usage limits: ``{"calls": N}`` (calls over the grant's life) and/or
-``{"rate": [N, seconds]}`` (calls per window), which the gateway enforces.
+``{"rate": [N, seconds]}`` (calls per window), which the gateway enforces; and ``msk``
+when the grant has response masks: a list of RFC 9535 JSONPath strings (at most
+:data:`~jitgate.domain.masks.MAX_MASKS`, each at most
+:data:`~jitgate.domain.masks.MAX_MASK_LENGTH` characters) whose values the gateway
+replaces in JSON responses, on top of the API's own masks. Being signed, ``msk`` can be
+neither removed nor changed by the holder; a token without it masks only what the API
+declares.
 
 Verification is two separate steps: the signature (algorithm pinned to EdDSA, key
 chosen by ``kid`` from our own key set only, any embedded key reference refused),
@@ -22,6 +28,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jitgate.domain.masks import MAX_MASK_LENGTH, MAX_MASKS
 from jitgate.domain.models import Grant
 from jitgate.tokens.keys import KeyRing
 
@@ -44,6 +51,7 @@ class GrantClaims:
     kid: str = ""  # the key that verified the signature (from the header, not a claim)
     max_calls: int | None = None
     rate: tuple[int, float] | None = None  # (calls, per seconds)
+    masks: tuple[str, ...] = ()  # JSONPath texts, parsed by the gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,8 @@ def issue(grant: Grant, ring: KeyRing, issuer: str, now: datetime) -> tuple[str,
         limits["rate"] = [grant.limits.rate_calls, int(grant.limits.rate_window.total_seconds())]
     if limits:
         claims["lim"] = limits
+    if grant.masks:
+        claims["msk"] = list(grant.masks)
     token = jwt.encode(
         claims,
         ring.signing_key,
@@ -140,6 +150,13 @@ def _claims(c: dict[str, Any], kid: str) -> GrantClaims | TokenFailure:
     limits = _limits(c.get("lim"))
     if isinstance(limits, TokenFailure):
         return limits
+    masks = c.get("msk", [])
+    if not (
+        isinstance(masks, list)
+        and len(masks) <= MAX_MASKS
+        and all(isinstance(m, str) and 0 < len(m) <= MAX_MASK_LENGTH for m in masks)
+    ):
+        return TokenFailure("token-claims", "the token's response masks are malformed")
     return GrantClaims(
         principal=c["sub"],
         api=c["aud"],
@@ -151,6 +168,7 @@ def _claims(c: dict[str, Any], kid: str) -> GrantClaims | TokenFailure:
         kid=kid,
         max_calls=limits[0],
         rate=limits[1],
+        masks=tuple(masks),
     )
 
 

@@ -17,6 +17,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("apis", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("masks", sa.JSON(), nullable=True))
+
     op.create_table(
         "notifications",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -66,12 +69,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("rate_calls", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("rate_window_seconds", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("idle_timeout_seconds", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("masks", sa.JSON(), nullable=True))
         batch_op.create_index("ix_grants_extends", ["extends"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("grants", schema=None) as batch_op:
         batch_op.drop_index("ix_grants_extends")
+        batch_op.drop_column("masks")
         batch_op.drop_column("idle_timeout_seconds")
         batch_op.drop_column("rate_window_seconds")
         batch_op.drop_column("rate_calls")
@@ -96,3 +101,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_notifications_status_next")
 
     op.drop_table("notifications")
+
+    with op.batch_alter_table("apis", schema=None) as batch_op:
+        batch_op.drop_column("masks")

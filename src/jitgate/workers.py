@@ -1,0 +1,275 @@
+"""Gateway worker processes: ``--workers N`` (``gateway.workers``).
+
+Process model:
+
+* The main process binds the gateway address once, with ``SO_REUSEPORT``, and never
+  listens on that socket: it holds the port (a busy port stops start-up before anything
+  is written) and names it to the workers. Each worker binds its own ``SO_REUSEPORT``
+  socket to that address and listens on it; the kernel spreads new connections over the
+  workers evenly, where one shared listening socket would leave the spread to whichever
+  event loop wakes first.
+* Workers are spawned, not forked: by then the main process has threads, which a fork
+  does not carry over safely. Each builds its own database connections, audit writer and
+  view (:func:`jitgate.wiring.build_worker`), and says on a pipe when it is serving.
+* Where the control plane runs in the main process (``jitgate up``), its change feed is a
+  shared :class:`~jitgate.gateway.revocations.RevocationTable`: every worker consults it
+  on every call, so a revocation is in force in every worker when the revoke call
+  returns. API and key changes move a counter that a worker checks every
+  ``CHANGES_POLL`` seconds, and then reloads from the database. Every worker also
+  resyncs on its own, as any gateway does, and fails closed when stale.
+* Workers die with the main process: each watches its parent's sentinel, which becomes
+  readable once the parent is gone for any reason (SIGKILL included), and then stops.
+  Each has a process group of its own, so that Ctrl-C (or a signal to the group) reaches
+  the main process alone, which stops the workers itself.
+* A worker that dies after it was serving is replaced at once, and the death is logged
+  as an error. A worker that cannot start (at start-up, or as a replacement) fails the
+  whole process loudly: a start-up failure would only repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import uvloop
+
+from jitgate.config import Settings
+from jitgate.errors import JitgateError
+from jitgate.gateway.revocations import RevocationTable, TableHandle
+from jitgate.gateway.view import GatewayView
+from jitgate.serving import bind, start_gateway
+from jitgate.wiring import WorkerRuntime, build_worker
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # seconds for a worker to be serving
+STOP_TIMEOUT = 10.0  # seconds for a worker to stop after SIGTERM, before SIGKILL
+CHANGES_POLL = 0.02  # seconds between looks at the shared change counter
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+class WorkerFailed(JitgateError):  # noqa: N818 - reads as the problem it names
+    """A gateway worker could not start."""
+
+    code = "worker-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker is started with (it crosses the spawn, so it is picklable)."""
+
+    settings: Settings
+    host: str
+    port: int
+    table: TableHandle | None  # the control plane's revocations; None without one
+    index: int
+
+
+# ------------------------------------------------------------------ the main process
+
+
+class WorkerPool:
+    """Starts ``count`` workers, replaces those that die, stops them all."""
+
+    def __init__(
+        self, settings: Settings, address: tuple[str, int], table: TableHandle | None, count: int
+    ) -> None:
+        self._specs = [WorkerSpec(settings, *address, table, i) for i in range(count)]
+        self._procs: dict[int, BaseProcess] = {}
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        """Every worker, serving; :class:`WorkerFailed` (and none left running) if one
+        cannot start."""
+        try:
+            async with asyncio.TaskGroup() as group:  # one fails: the others are cancelled
+                for spec in self._specs:
+                    group.create_task(self._start(spec))
+        except ExceptionGroup as failed:
+            await self.stop()
+            raise failed.exceptions[0] from None
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, spec: WorkerSpec) -> None:
+        reader, writer = _SPAWN.Pipe(duplex=False)
+        proc = _SPAWN.Process(
+            target=_worker_main, args=(spec, writer), name=f"jitgate-gateway-{spec.index}"
+        )
+        proc.daemon = True  # also ended by multiprocessing when this process exits
+        proc.start()
+        writer.close()
+        self._procs[spec.index] = proc
+        try:
+            outcome = await _wait_ready(reader, proc.sentinel)
+        finally:
+            reader.close()
+        if outcome != "ready":
+            proc.join(STOP_TIMEOUT if outcome == "exited" else 0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(STOP_TIMEOUT)
+            state = f"exited with code {proc.exitcode}" if outcome == "exited" else outcome
+            raise WorkerFailed(
+                f"gateway worker {spec.index} {state} before it was serving (its log says why)"
+            )
+        log.info("gateway worker %d is serving (pid %d)", spec.index, proc.pid)
+        asyncio.get_running_loop().add_reader(proc.sentinel, self._exited, spec, proc)
+
+    def _exited(self, spec: WorkerSpec, proc: BaseProcess) -> None:
+        asyncio.get_running_loop().remove_reader(proc.sentinel)
+        proc.join(0)
+        if self._stopping:
+            return
+        log.error(
+            "gateway worker %d (pid %d) exited with code %s; starting another",
+            spec.index,
+            proc.pid,
+            proc.exitcode,
+        )
+        proc.close()
+        task = asyncio.create_task(self._replace(spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, spec: WorkerSpec) -> None:
+        try:
+            await self._start(spec)
+        except Exception as exc:
+            if not self.failed.done():
+                self.failed.set_exception(exc)
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker (they finish their audit batches), SIGKILL after
+        ``STOP_TIMEOUT``."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        procs = list(self._procs.values())
+        self._procs.clear()
+        for proc in procs:
+            with contextlib.suppress(ValueError):  # closed already
+                loop.remove_reader(proc.sentinel)
+                if proc.is_alive():
+                    proc.terminate()
+        await asyncio.to_thread(_reap, procs)
+        if not self.failed.done():
+            self.failed.cancel()
+
+
+async def _wait_ready(reader: Connection, sentinel: int) -> str:
+    """``ready`` once the worker says it is serving; ``exited`` if it ended first;
+    ``timed out`` after ``START_TIMEOUT``."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    for fd in (reader.fileno(), sentinel):
+        loop.add_reader(fd, wake)
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            await woken
+    except TimeoutError:
+        return "timed out"
+    finally:
+        for fd in (reader.fileno(), sentinel):
+            loop.remove_reader(fd)
+    try:
+        said = reader.recv_bytes() if reader.poll() else b""
+    except EOFError:
+        said = b""
+    return "ready" if said == b"ready" else "exited"
+
+
+def _reap(procs: list[BaseProcess]) -> None:
+    for proc in procs:
+        with contextlib.suppress(ValueError):  # closed already
+            proc.join(STOP_TIMEOUT)
+            if proc.is_alive():
+                log.error("gateway worker pid %d did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.join(STOP_TIMEOUT)
+            proc.close()
+
+
+# ------------------------------------------------------------------------ the worker
+
+
+def _worker_main(spec: WorkerSpec, ready: Connection) -> None:
+    from jitgate.logs import configure  # noqa: PLC0415 - in the spawned interpreter
+
+    # A process group of its own: Ctrl-C or a signal to the main process's group reaches
+    # the main process only, which then stops its workers itself (and does not take their
+    # exit for a crash to repair).
+    os.setpgid(0, 0)
+    configure(spec.settings.log_level)
+    listen = f"{spec.host}:{spec.port}"
+    sock = bind(spec.host, spec.port, listen, reuse_port=True)
+    table = RevocationTable.attach(spec.table) if spec.table is not None else None
+    rt = build_worker(spec.settings, table)
+    gc.collect()
+    gc.freeze()  # as in the main process: no long collector pauses on the event loop
+    try:
+        uvloop.run(_serve(rt, sock, table, ready))
+    finally:
+        rt.close()
+        if table is not None:
+            table.close()
+
+
+async def _serve(
+    rt: WorkerRuntime, sock: socket.socket, table: RevocationTable | None, ready: Connection
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # SIGHUP reloads the policy, which the main process holds; a terminal's hang-up
+    # reaches the whole process group, and must not end a worker.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    parent = multiprocessing.parent_process()
+    assert parent is not None, "a worker is always spawned"
+    loop.add_reader(parent.sentinel, stop.set)
+    runner, resync = await start_gateway(rt.settings, rt.view, rt.proxy, rt.decisions, sock)
+    tasks = [resync]
+    if table is not None:
+        tasks.append(asyncio.create_task(_follow_changes(table, rt.view)))
+    ready.send_bytes(b"ready")
+    ready.close()
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await runner.cleanup()
+        await rt.proxy.close()
+
+
+async def _follow_changes(table: RevocationTable, view: GatewayView) -> None:
+    """Reload from the database soon after the control plane changed APIs or keys."""
+    seen = table.changes
+    while True:
+        await asyncio.sleep(CHANGES_POLL)
+        if table.changes == seen:
+            continue
+        seen = table.changes  # read before the reload: a change after it is seen next time
+        try:
+            await asyncio.to_thread(view.resync)
+        except Exception:
+            log.exception("reloading after an API or key change failed")
