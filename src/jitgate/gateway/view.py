@@ -18,7 +18,7 @@ import base64
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import quote, quote_plus
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 # the clock-skew allowance (at most 5 s) after ``exp``, and must stay refused meanwhile.
 ENDED_GRACE = MAX_CLOCK_SKEW
 # A resync reads the grants ended since the previous one, from this long before it began:
-# a revocation committed late, or stamped by a slightly slower clock, is still seen.
-ENDED_OVERLAP = timedelta(seconds=30)
-FULL_RELOAD_EVERY = 60.0  # seconds; and the first resync reads every ended grant
+# a revocation committed late, or stamped by a clock up to MAX_CLOCK_SKEW slower, is seen.
+ENDED_OVERLAP = 2 * MAX_CLOCK_SKEW
+PRUNE_EVERY = 60.0  # seconds between drops of revocations whose tokens have expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ class GatewayView:
         self.ended: dict[str, float] = {}  # grant id -> its expiry (POSIX seconds)
         self._synced_at = float("-inf")
         self._ended_read_at: datetime | None = None  # wall time of the last ended-grants read
-        self._full_at = float("-inf")  # monotonic time of the last full read
+        self._pruned_at = float("-inf")  # monotonic time of the last drop of expired entries
         self._generation = 0  # bumped by every reload the feed asks for
         self.usage = UsageMeter()  # per-grant call counts and rate buckets
         self.shared = shared  # the control plane's revocations, in a worker process
@@ -166,11 +166,10 @@ class GatewayView:
             generation = self._generation
         started = self._clock.monotonic()
         first = self._synced_at == float("-inf")
-        full = self._ended_read_at is None or started - self._full_at >= FULL_RELOAD_EVERY
         read_at = self._clock.now()
+        since = self._ended_read_at  # None: the first read, of every grant ended early
         with self._store.read() as tx:
             # Incremental: a view of 100,000 revocations must not be re-read 4 times a second.
-            since = None if full or self._ended_read_at is None else self._ended_read_at
             ended = tx.access.ended_unexpired(
                 read_at - ENDED_GRACE, since=None if since is None else since - ENDED_OVERLAP
             )
@@ -185,11 +184,11 @@ class GatewayView:
         with self._lock:
             if generation == self._generation:
                 self.public_keys, self.upstreams = public_keys, upstreams
-            merged = {gid: exp.timestamp() for gid, exp in ended}
-            merged.update({g: e for g, e in self.ended.items() if e > horizon})
-            self.ended = merged
+            # Only what ended since the last read: no work per known revocation.
+            self.ended.update((gid, exp.timestamp()) for gid, exp in ended)
+            if started - self._pruned_at >= PRUNE_EVERY:  # bounded: drop the expired
+                self.ended = {g: e for g, e in self.ended.items() if e > horizon}
+                self._pruned_at = started
             self._synced_at = started
             self._ended_read_at = read_at
-            if full:
-                self._full_at = started
         self.usage.prune(self._clock.timestamp())

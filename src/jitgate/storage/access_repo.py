@@ -428,10 +428,19 @@ class AccessRepo:
     ) -> list[tuple[str, datetime]]:
         """Grants ended early (revoked/released) whose tokens would still be in date;
         with ``since``, only those ended at or after it."""
-        query = select(grants.c.id, grants.c.expires_at).where(
-            grants.c.status.in_([GrantStatus.REVOKED.value, GrantStatus.RELEASED.value]),
-            grants.c.expires_at > now,
-        )
+        early = (GrantStatus.REVOKED.value, GrantStatus.RELEASED.value)
         if since is not None:
-            query = query.where(grants.c.ended_at >= since)
+            # Driven by the ended_at index alone (few rows), filtered here: with the status
+            # condition in SQL, planners scan every revocation through the status index.
+            recent = select(grants.c.id, grants.c.expires_at, grants.c.status).where(
+                grants.c.ended_at >= since
+            )
+            return [
+                (r.id, r.expires_at)
+                for r in self._c.execute(recent)
+                if r.status in early and r.expires_at > now
+            ]
+        query = select(grants.c.id, grants.c.expires_at).where(
+            grants.c.status.in_(early), grants.c.expires_at > now
+        )
         return [(r.id, r.expires_at) for r in self._c.execute(query)]
