@@ -471,6 +471,17 @@ class Harness:
         return event
 
 
+def secret_masks(keys: Mapping[str, str]) -> dict[str, str]:
+    """Every spelling of each API's secret (plain, percent-encoded, in Basic credentials),
+    mapped to the name the echo upstream shows instead of it."""
+    masks: dict[str, str] = {}
+    for name, value in keys.items():
+        for form in (value, quote(value, safe=""), quote_plus(value)):
+            masks[form] = name
+        masks[base64.b64encode(f"{BASIC_USER}:{value}".encode()).decode()] = f"{name}-basic"
+    return masks
+
+
 async def _start(ctx: Context, clock: FrozenClock, box: SecretBox, store: Store) -> Harness:
     hits: list[Hit] = []
     suffix = secrets.token_hex(8)
@@ -481,12 +492,7 @@ async def _start(ctx: Context, clock: FrozenClock, box: SecretBox, store: Store)
         "echob": f"bk_{suffix}",
         "down": f"sk_down_{suffix}",
     }
-    masks: dict[str, str] = {}
-    for name, value in keys.items():
-        for form in (value, quote(value, safe=""), quote_plus(value)):
-            masks[form] = name
-        masks[base64.b64encode(f"{BASIC_USER}:{value}".encode()).decode()] = f"{name}-basic"
-    echo = EchoUpstream(hits, masks)
+    echo = EchoUpstream(hits, secret_masks(keys))
     demo_runner, demo_port = await serve(
         _counting(create_upstream(Secret(keys["demo"])), hits, "demo")
     )

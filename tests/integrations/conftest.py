@@ -18,7 +18,6 @@ tests are skipped with a message, except under ``CI=true``, where that is a fail
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import os
 import re
@@ -29,7 +28,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
@@ -49,12 +47,12 @@ from jitgate.storage.store import Store
 from tests.conftest import IN_CI, ListSink
 from tests.gateway import conftest as gateway_harness
 from tests.gateway.conftest import (
-    BASIC_USER,
     MAX_STALENESS,
     EchoUpstream,
     Harness,
     Hit,
     Reply,
+    secret_masks,
     serve,
 )
 
@@ -117,12 +115,7 @@ async def jg(
     hits: list[Hit] = []
     suffix = os.urandom(8).hex()
     keys = {"payments": f"sk_pay_{suffix}", "maps": f"mk/+= &?#%{suffix}"}
-    masks: dict[str, str] = {}
-    for name, value in keys.items():
-        for form in (value, quote(value, safe=""), quote_plus(value)):
-            masks[form] = name
-        masks[base64.b64encode(f"{BASIC_USER}:{value}".encode()).decode()] = f"{name}-basic"
-    echo = EchoUpstream(hits, masks)
+    echo = EchoUpstream(hits, secret_masks(keys))
     echo_runner, echo_port = await serve(web.Server(echo.handle))
     base = f"http://127.0.0.1:{echo_port}"
     apis = {
