@@ -164,8 +164,8 @@ server {{
 }}
 """
 
-# nginx proxy_pass forwarding exactly as the shipped example's API locations do (no
-# upstream block: HTTP/1.0 and a new upstream connection per call), minus auth_request.
+# nginx proxy_pass without keep-alive (no upstream block: HTTP/1.0 and a new upstream
+# connection per call): the weaker baseline.
 NGINX_PLAIN_SITE = """\
 server {{
     listen {listen};

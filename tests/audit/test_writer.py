@@ -92,3 +92,39 @@ def test_try_submit_never_waits() -> None:
     release.set()
     assert writer.flush(5)
     writer.close()
+
+
+def test_the_thread_wakes_for_a_full_batch_not_for_each_event() -> None:
+    batches: list[int] = []
+    wrote = threading.Event()
+
+    def append(events: Sequence[NewEvent]) -> None:
+        batches.append(len(events))
+        wrote.set()
+
+    writer = AuditWriter(append, batch_size=50, flush_interval=30)
+    writer.start()
+    for i in range(49):
+        assert writer.try_submit(_event(i))
+    assert not wrote.wait(0.3)  # 49 events: still gathering, nothing written
+    assert writer.try_submit(_event(49))
+    assert wrote.wait(5)  # the 50th fills the batch and wakes the thread
+    assert batches == [50]
+    writer.close()
+
+
+def test_flush_writes_a_partial_batch_at_once_and_keeps_order() -> None:
+    written: list[int] = []
+    writer = AuditWriter(
+        lambda events: written.extend(int(e.data["i"]) for e in events),
+        batch_size=1000,
+        flush_interval=30,
+    )
+    writer.start()
+    for i in range(10):
+        writer.submit(_event(i))
+    assert writer.flush(5)
+    assert written == list(range(10))
+    writer.submit(_event(10))
+    writer.close()
+    assert written == list(range(11))

@@ -8,6 +8,9 @@ decision endpoints enabled for loopback callers and two APIs on the echo upstrea
 * ``maps`` — base URL ``http://127.0.0.1:{echo}/maps-base``, credential as the query
   parameter ``key`` (a secret that needs percent-encoding).
 
+The echo upstream also records, per request, the address it was connected from
+(``upstream_peers``), so that a test can tell one pooled connection from one per call.
+
 ``nginx`` and ``envoy`` start the real proxy on a free loopback port with the example
 configuration of ``docs/integrations/`` — the file as shipped, only its ``{{…}}``
 placeholders substituted — and hand back a harness whose ``call``/``raw_request`` go
@@ -24,8 +27,8 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -97,15 +100,33 @@ def missing(what: str, how: str) -> None:
 
 @dataclass
 class Deployment(Harness):
-    """The gateway harness; through a proxy, ``port`` is the proxy's and ``logs`` its logs."""
+    """The gateway harness; through a proxy, ``port`` is the proxy's and ``logs`` its logs.
+
+    ``upstream_peers``: for each request the echo upstream received, in order, the
+    (address, port) it came from — one TCP connection per distinct entry.
+    """
 
     upstream_port: int = 0
     gateway_port: int = 0
     logs: tuple[Path, ...] = ()
+    upstream_peers: list[tuple[str, int]] = field(default_factory=list)
 
     def assert_no_secret_in(self, text: str) -> None:
         for form in self.secret_forms:
             assert form not in text, "an upstream secret was written out"
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _recording_peers(handle: Handler, peers: list[tuple[str, int]]) -> Handler:
+    async def recording(request: web.BaseRequest) -> web.StreamResponse:
+        assert request.transport is not None
+        host, port = request.transport.get_extra_info("peername")[:2]
+        peers.append((str(host), int(port)))
+        return await handle(request)
+
+    return recording
 
 
 @pytest.fixture
@@ -113,10 +134,11 @@ async def jg(
     anyio_backend: str, ctx: Context, clock: FrozenClock, box: SecretBox, store: Store
 ) -> AsyncIterator[Deployment]:
     hits: list[Hit] = []
+    peers: list[tuple[str, int]] = []
     suffix = os.urandom(8).hex()
     keys = {"payments": f"sk_pay_{suffix}", "maps": f"mk/+= &?#%{suffix}"}
     echo = EchoUpstream(hits, secret_masks(keys))
-    echo_runner, echo_port = await serve(web.Server(echo.handle))
+    echo_runner, echo_port = await serve(web.Server(_recording_peers(echo.handle, peers)))
     base = f"http://127.0.0.1:{echo_port}"
     apis = {
         "payments": (base, Injection(InjectionKind.HEADER)),
@@ -154,6 +176,7 @@ async def jg(
         cleanups=[gateway_runner, echo_runner],
         upstream_port=echo_port,
         gateway_port=port,
+        upstream_peers=peers,
     )
     try:
         yield harness
@@ -228,14 +251,16 @@ def _nginx_binary() -> str | None:
 
 
 def _nginx_config(jg: Deployment, directory: Path, port: int) -> list[str]:
-    upstream = f"http://127.0.0.1:{jg.upstream_port}"
+    upstream = f"127.0.0.1:{jg.upstream_port}"  # both base URLs' HOST:PORT
     site = example(
         "nginx.conf",
         {
             "LISTEN": f"127.0.0.1:{port}",
             "GATEWAY": f"127.0.0.1:{jg.gateway_port}",
-            "PAYMENTS_UPSTREAM": upstream,
-            "MAPS_UPSTREAM": upstream + MAPS_BASE_PATH,
+            "PAYMENTS_SERVER": upstream,
+            "PAYMENTS_BASE_PATH": "",
+            "MAPS_SERVER": upstream,
+            "MAPS_BASE_PATH": MAPS_BASE_PATH,
         },
     )
     (directory / "jitgate.conf").write_text(site)

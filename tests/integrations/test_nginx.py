@@ -33,6 +33,47 @@ async def test_allowed_call_reaches_upstream_with_credential_not_token(nginx: De
     assert event.data["path"] == "/v1/charges/7"
 
 
+async def test_consecutive_allowed_calls_reuse_one_upstream_connection(
+    nginx: Deployment,
+) -> None:
+    # Each API has its own upstream block with keep-alive: HTTP/1.1, and the connection
+    # of the previous call is taken again (not one new connection per call).
+    for api, target in (("payments", "/payments/v1/charges"), ("maps", "/maps/v1/tiles")):
+        issued = nginx.issue(["GET /v1/**"], api=api)
+        nginx.upstream_peers.clear()
+        for _ in range(3):
+            reply = await nginx.call("GET", target, issued.token)
+            assert reply.status == 200, reply.body
+            assert "connection" not in headers_seen(reply)  # not "close": kept alive
+        assert len(nginx.upstream_peers) == 3
+        assert len(set(nginx.upstream_peers)) == 1, f"{api}: {nginx.upstream_peers}"
+
+
+async def test_pooled_calls_carry_the_credential_and_host_the_gateway_sends(
+    nginx: Deployment,
+) -> None:
+    pay, maps = nginx.issue(["GET /v1/**"], api="payments"), nginx.issue(["GET /v1/**"], api="maps")
+    host = f"127.0.0.1:{nginx.upstream_port}"
+    for front in (nginx, direct(nginx)):
+        reply = await front.call("GET", "/payments/v1/charges?a=1", pay.token)
+        assert reply.status == 200, reply.body
+        assert (reply.json()["path"], reply.json()["raw_query"]) == ("/v1/charges", "a=1")
+        seen = headers_seen(reply)
+        assert seen["host"] == host
+        assert seen["authorization"] == "Bearer <payments>"  # the injected one (masked)
+        assert pay.token not in reply.body.decode()
+
+        reply = await front.call("GET", "/maps/v1/tiles?z=3&key=mine", maps.token)
+        assert reply.status == 200, reply.body
+        echo = reply.json()
+        assert echo["path"] == "/maps-base/v1/tiles"  # the base URL's path, then the target
+        assert echo["query"] == [["z", "3"], ["key", "<maps>"]]
+        seen = headers_seen(reply)
+        assert seen["host"] == host
+        assert "authorization" not in seen  # the grant token was dropped
+        assert maps.token not in reply.body.decode()
+
+
 async def test_nginx_forwards_the_raw_path_that_was_checked(nginx: Deployment) -> None:
     # nginx's own URI is decoded ("charges"); the gateway checks and forwards the raw path.
     issued = nginx.issue(["GET /v1/**"], api="payments")

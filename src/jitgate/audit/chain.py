@@ -39,12 +39,13 @@ HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 def canonical_json(value: Any) -> bytes:
     """The one byte string for ``value``; raise :class:`InvalidInput` if it is not JSON."""
+    return _encode(_plain(value, "$", 0))
+
+
+def _encode(plain: Any) -> bytes:
+    """Canonical JSON of a value already made of plain JSON types (see :func:`_plain`)."""
     text = json.dumps(
-        _plain(value, "$", 0),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
+        plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     try:
         return text.encode("utf-8")
@@ -52,11 +53,16 @@ def canonical_json(value: Any) -> bytes:
         raise InvalidInput("value contains a string that is not valid Unicode") from None
 
 
+_CANONICAL = frozenset({str, int, bool, type(None)})  # exact types that are their own copy
+
+
 def _plain(value: Any, path: str, depth: int) -> Any:
     """A copy of ``value`` made of plain JSON types only, in canonical number form."""
+    if type(value) in _CANONICAL:
+        return value
     if depth > _MAX_DEPTH:
         raise InvalidInput(f"{path}: nested deeper than {_MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return int(value)
@@ -71,7 +77,8 @@ def _plain(value: Any, path: str, depth: int) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInput(f"{path}: key {key!r} is not a string")
-            out[str(key)] = _plain(item, f"{path}.{key}", depth + 1)
+            plain = item if type(item) in _CANONICAL else _plain(item, f"{path}.{key}", depth + 1)
+            out[str(key)] = plain
         return out
     if isinstance(value, list | tuple):
         return [_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
@@ -123,18 +130,19 @@ def event_body(seq: int, event: NewEvent) -> dict[str, Any]:
 
 
 def _digest(prev_hash: str, body: dict[str, Any]) -> str:
+    """``body`` is plain already (:func:`_body` made its ``data`` so)."""
     try:
         prefix = prev_hash.encode("ascii")
     except UnicodeEncodeError:
         raise InvalidInput("prev_hash is not ASCII") from None
-    return hashlib.sha256(prefix + b"\n" + canonical_json(body)).hexdigest()
+    return hashlib.sha256(prefix + b"\n" + _encode(body)).hexdigest()
 
 
 def link(prev_hash: str, seq: int, event: NewEvent) -> ChainedEvent:
     """``event`` placed after the event whose hash is ``prev_hash``, as position ``seq``.
 
     The returned ``data`` is the canonical copy that was hashed (plain JSON types), which
-    is what the storage layer must persist.
+    is what the storage layer must persist (:func:`data_json` encodes it).
     """
     if not HASH_PATTERN.fullmatch(prev_hash):
         raise InvalidInput("prev_hash must be 64 lower-case hex digits")
@@ -154,6 +162,11 @@ def link(prev_hash: str, seq: int, event: NewEvent) -> ChainedEvent:
         prev_hash=prev_hash,
         hash=_digest(prev_hash, body),
     )
+
+
+def data_json(event: ChainedEvent) -> str:
+    """The stored text of a chained event's ``data``: its canonical JSON."""
+    return _encode(event.data).decode()
 
 
 def recompute_hash(e: ChainedEvent) -> str:

@@ -1,18 +1,20 @@
 """Writes access and auth-failure events in batches, off the request path.
 
-Callers hand events to :meth:`AuditWriter.submit`; a thread appends them to the
-chain in one transaction per batch (up to ``batch_size`` events, at least every
-``flush_interval``). The queue is bounded: when it is full, ``submit`` waits
-(back-pressure, never loss). When a batch cannot be written the writer keeps it,
-retries with back-off and reports itself unhealthy, so the gateway fails closed.
+Callers hand events to :meth:`AuditWriter.submit` (or :meth:`~AuditWriter.try_submit`);
+a thread appends them to the chain in one transaction per batch: up to ``batch_size``
+events, at least every ``flush_interval``. Submitting costs a deque append: the thread
+is woken only when a batch is full or a flush is asked for, never once per event. The
+queue is bounded: when it is full, ``submit`` waits (back-pressure, never loss). When a
+batch cannot be written the writer keeps it, retries with back-off and reports itself
+unhealthy, so the gateway fails closed.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from jitgate.audit.events import NewEvent
@@ -34,82 +36,96 @@ class AuditWriter:
         self._append = append
         self._batch_size = batch_size
         self._interval = flush_interval
-        self._queue: queue.Queue[NewEvent] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        # Events in submission order, with a flush's marker after the events it waits for.
+        self._items: deque[NewEvent | threading.Event] = deque()
+        self._wake = threading.Event()  # a batch is full, a flush waits, or closing
+        self._space = threading.Condition()  # submitters waiting for room
         self._stop = threading.Event()
-        self._idle = threading.Condition()
-        self._pending = 0
-        self._healthy = True
+        self._healthy = False  # until started; then: the last batch was written
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
 
     @property
     def healthy(self) -> bool:
-        return self._healthy and self._thread.is_alive()
+        """Whether events are being persisted (read on every call: a plain attribute)."""
+        return self._healthy
 
     def start(self) -> None:
+        self._healthy = True
         self._thread.start()
 
     def submit(self, event: NewEvent) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put(event)  # blocks while full: back-pressure
+        """Queue ``event``, waiting while the queue is full."""
+        if self.try_submit(event):
+            return
+        with self._space:
+            while not self.try_submit(event):
+                self._space.wait(0.1)
 
     def try_submit(self, event: NewEvent) -> bool:
-        with self._idle:
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
-                return False
-            self._pending += 1
-            return True
+        """Queue ``event`` if there is room now; never waits."""
+        if len(self._items) >= self._queue_size:
+            return False
+        self._items.append(event)  # atomic: no lock on the request path
+        if len(self._items) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+        return True
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+        done = threading.Event()
+        self._items.append(done)
+        self._wake.set()
+        return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _take_batch(self) -> list[NewEvent]:
-        """Wait for one event, then gather more for up to ``flush_interval``: one
-        transaction per batch, not per event, even when events trickle in."""
-        try:
-            batch = [self._queue.get(timeout=self._interval)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self._interval
-        while len(batch) < self._batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
+    def _take(self) -> tuple[list[NewEvent], threading.Event | None]:
+        """The next batch, up to a flush marker (returned too) or ``batch_size`` events."""
+        batch: list[NewEvent] = []
+        while len(batch) < self._batch_size and self._items:
+            item = self._items.popleft()
+            if isinstance(item, threading.Event):
+                return batch, item
+            batch.append(item)
+        return batch, None
 
     def _run(self) -> None:
+        try:
+            self._write_batches()
+        finally:  # however the thread ends, nothing more will be written
+            self._healthy = False
+
+    def _write_batches(self) -> None:
         backoff = 0.05
         batch: list[NewEvent] = []
-        while not (self._stop.is_set() and not batch and self._queue.empty()):
-            if not batch:
-                batch = self._take_batch()
-                if not batch:
+        marker: threading.Event | None = None
+        while True:
+            if not batch and marker is None:
+                if not self._items:
+                    if self._stop.is_set():
+                        return
+                    self._wake.wait(self._interval)
+                self._wake.clear()  # before taking: a later set() wakes the next wait
+                batch, marker = self._take()
+            if batch:
+                try:
+                    self._append(batch)
+                except Exception:
+                    log.exception("audit batch of %d events not written; retrying", len(batch))
+                    self._healthy = False
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
                     continue
-            try:
-                self._append(batch)
-            except Exception:
-                log.exception("audit batch of %d events could not be written; retrying", len(batch))
-                self._healthy = False
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
             backoff = 0.05
             self._healthy = True
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
-            batch = []
+            if marker is not None:
+                marker.set()
+            batch, marker = [], None
+            with self._space:
+                self._space.notify_all()

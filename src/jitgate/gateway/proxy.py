@@ -93,33 +93,40 @@ DECISIONS = Counter(
 ALLOWED = DECISIONS.labels("allowed", "")
 
 
-def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getall("connection", []):
-        named.update(part.strip().lower() for part in value.split(",") if part.strip())
-    return named
+# Never forwarded upstream, whatever the call ("expect" is answered by the gateway
+# itself, see _continue: forwarded, it makes the client library wait for an upstream
+# "100 Continue" that may never come).
+_NOT_FORWARDED = frozenset({"host", "authorization", "expect", *HOP_BY_HOP, *INTERNAL_HEADERS})
+
+
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """The header names that ``Connection`` lists (hop-by-hop for this one message)."""
+    if "connection" not in headers:
+        return frozenset()
+    return frozenset(
+        part.strip().lower()
+        for value in headers.getall("connection")
+        for part in value.split(",")
+        if part.strip()
+    )
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
-    # "expect" is answered by the gateway itself (see _continue): forwarded, it makes the
-    # client library wait for an upstream "100 Continue" that may never come.
-    drop = {
-        "host",
-        "authorization",
-        "expect",
-        *HOP_BY_HOP,
-        *INTERNAL_HEADERS,
-        *_connection_named(headers),
-    }
-    if upstream.header_name:
-        drop.add(upstream.header_name)
-    out = CIMultiDict(
-        (k, v)
-        for k, v in headers.items()
-        if k.lower() not in drop and not k.lower().startswith(INTERNAL_PREFIXES)
-    )
-    if upstream.header_name:  # injected last: nothing the caller sent can remove it
-        out[upstream.header_name] = upstream.header_value
+    named = _connection_named(headers)
+    credential = upstream.header_name
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if (
+            lower in _NOT_FORWARDED
+            or lower in named
+            or lower == credential
+            or lower.startswith(INTERNAL_PREFIXES)
+        ):
+            continue
+        out.add(key, value)
+    if credential:  # injected last: nothing the caller sent can remove it
+        out[credential] = upstream.header_value
     return out
 
 
@@ -139,9 +146,10 @@ def response_headers(
     headers: CIMultiDictProxy[str], spellings: tuple[str, ...]
 ) -> Iterable[tuple[str, str]]:
     """The upstream's headers minus hop-by-hop ones, each spelling of the secret redacted."""
-    drop = HOP_BY_HOP | _connection_named(headers)
+    named = _connection_named(headers)
     for key, value in headers.items():
-        if key.lower() in drop:
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in named:
             continue
         yield key, _scrub(value, spellings)
 

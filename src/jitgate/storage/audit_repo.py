@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, func, insert, select, update
 
-from jitgate.audit.chain import canonical_json, link
+from jitgate.audit.chain import data_json, link
 from jitgate.audit.checkpoint import Checkpoint
 from jitgate.audit.events import ChainedEvent, NewEvent
 from jitgate.storage.tables import audit_checkpoints, audit_events, audit_head
@@ -44,7 +44,7 @@ def event_row(e: ChainedEvent) -> dict[str, Any]:
         "api": e.api,
         "grant_id": e.grant,
         "request_id": e.request,
-        "data": canonical_json(dict(e.data)).decode(),
+        "data": data_json(e),
         "prev_hash": e.prev_hash,
         "hash": e.hash,
     }
