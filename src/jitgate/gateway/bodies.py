@@ -12,18 +12,33 @@ The upstream's body is scrubbed while it streams back (:class:`Scrubber`): every
 spelling of the secret is overwritten by as many ``*``, so lengths (``Content-Length``,
 ``Content-Range``) stay true. A chunk's tail that could begin a spelling is held back
 until the next chunk (or the end), so that a secret split across two chunks is still
-caught; any other tail goes out at once, so streamed events are not delayed. Bodies with
-a ``Content-Encoding`` cannot be scrubbed and pass as they are.
+caught; any other tail goes out at once, so streamed events are not delayed.
+
+A compressed body cannot be scrubbed as it is. The gateway asks upstreams for
+``identity``; one that compresses anyway with ``gzip`` or ``deflate`` has its body decoded
+while it streams (:class:`Decoder`, at most :data:`DECODED_STEP` bytes of output per
+step, so a decompression bomb costs time, not memory), then scrubbed, and the caller gets
+it unencoded (:data:`DECODED_DROPPED` headers removed). Any other coding (``br``, ``zstd``,
+several codings, a compressed partial answer) cannot be decoded here and is refused
+(:func:`decoder_for` answers None).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import StreamReader
 
 MAX_FORM_SIZE = 1 << 20
+NO_BODY_STATUSES = frozenset({204, 304})
+DECODED_STEP = 64 * 1024
+# What no longer describes a body once its coding is undone.
+DECODED_DROPPED = frozenset(
+    {"content-encoding", "content-length", "content-md5", "digest", "content-digest", "repr-digest"}
+)
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class BodyLimitError(Exception):
@@ -122,3 +137,45 @@ class Scrubber:
         """The held-back tail, at the end of the body (already scrubbed)."""
         data, self._held = self._held, b""
         return data
+
+
+def has_body(method: str, status: int) -> bool:
+    """Whether an answer to ``method`` with ``status`` can carry a body."""
+    return method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
+
+
+class Decoder:
+    """Undoes a ``gzip`` or ``deflate`` coding while the body streams; see the module."""
+
+    def __init__(self, wbits: int) -> None:
+        self._wbits = wbits
+        self._z = zlib.decompressobj(wbits)
+        self._fed = False
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """The decoded bytes of ``chunk``, in pieces of at most :data:`DECODED_STEP`.
+
+        Raises ``zlib.error`` on a corrupt stream."""
+        self._fed = self._fed or bool(chunk)
+        data = chunk
+        while data:
+            if self._z.eof:  # a gzip body may hold several members, one after another
+                self._z = zlib.decompressobj(self._wbits)
+            out = self._z.decompress(data, DECODED_STEP)
+            data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
+            if out:
+                yield out
+
+    def flush(self) -> bytes:
+        """The rest, at the end of the body; raises ``zlib.error`` if it was cut short."""
+        if self._fed and not self._z.eof:  # (an empty body is no stream at all)
+            raise zlib.error("the compressed body ended early")
+        return self._z.flush()
+
+
+def decoder_for(encoding: str, status: int) -> Decoder | None:
+    """A decoder for a ``Content-Encoding`` value, or None if it cannot be undone here."""
+    wbits = _WBITS.get(encoding.strip().lower())
+    if wbits is None or status == 206:  # a byte range of a compressed body cannot be decoded
+        return None
+    return Decoder(wbits)

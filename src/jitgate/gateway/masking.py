@@ -4,12 +4,12 @@ A call is masked when its API declares masks or its grant token carries some (``
 the masks applied are the union of both (:func:`masks_for`). Calls without masks never
 come here: their answers stream as before.
 
-For a masked call the upstream request asks for ``Accept-Encoding: identity`` and loses
-``Range`` and ``If-Range`` (:data:`REQUEST_DROPPED`): a compressed body cannot be parsed,
-and a byte range of a JSON document may itself be valid JSON — e.g. just the string that
-a mask hides. The answer is then masked when its media type is ``application/json`` or
-``application/*+json`` (any parameters) and it can have a body (not ``HEAD``, ``204``,
-``304``); any other answer streams untouched. A masked answer is:
+For a masked call the upstream request asks for ``Accept-Encoding: identity``, as every
+call does, and loses ``Range`` and ``If-Range`` (:data:`REQUEST_DROPPED`): a compressed
+body cannot be parsed, and a byte range of a JSON document may itself be valid JSON —
+e.g. just the string that a mask hides. The answer is then masked when its media type is
+``application/json`` or ``application/*+json`` (any parameters) and it can have a body
+(not ``HEAD``, ``204``, ``304``); any other answer streams untouched. A masked answer is:
 
 * read whole, up to ``limit`` bytes (``gateway.max_mask_body``, 10 MiB): larger is refused
   before or while reading — fail closed, 502 ``response-too-large-to-mask``;
@@ -43,6 +43,7 @@ from jsonpath import JSONPathError
 from multidict import CIMultiDict
 
 from jitgate.domain.masks import Mask, apply_masks
+from jitgate.gateway.bodies import has_body
 from jitgate.gateway.enforce import Allow
 
 MAX_MASK_BODY = 10 << 20  # gateway.max_mask_body's default
@@ -50,7 +51,6 @@ REQUEST_DROPPED = ("range", "if-range")
 RESPONSE_DROPPED = frozenset(
     {"content-length", "etag", "content-md5", "digest", "content-digest", "repr-digest"}
 )
-NO_BODY_STATUSES = frozenset({204, 304})
 _THREAD_ABOVE = 256 * 1024  # bytes: parse larger bodies off the event loop
 _CHUNK = 64 * 1024
 
@@ -72,10 +72,10 @@ def masks_for(allow: Allow) -> tuple[Mask, ...]:
 
 
 def mask_request(headers: CIMultiDict[str]) -> None:
-    """The upstream request of a masked call: an identity-encoded, whole answer."""
+    """The upstream request of a masked call: a whole answer (the proxy asks every
+    upstream for ``Accept-Encoding: identity``)."""
     for name in REQUEST_DROPPED:
         headers.popall(name, None)
-    headers["Accept-Encoding"] = "identity"
 
 
 def masked_headers(
@@ -100,12 +100,7 @@ def is_json(media_type: str) -> bool:
 
 def applies(method: str, response: aiohttp.ClientResponse) -> bool:
     """Whether a masked call's answer is masked (else it streams untouched)."""
-    return (
-        method != "HEAD"
-        and response.status not in NO_BODY_STATUSES
-        and response.status >= 200
-        and is_json(response.content_type)
-    )
+    return has_body(method, response.status) and is_json(response.content_type)
 
 
 def _not_json(detail: str) -> MaskRefusedError:

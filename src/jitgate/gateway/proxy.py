@@ -4,15 +4,17 @@ For each call: enforce (:mod:`jitgate.gateway.enforce`), then refuse what only a
 must (protocol upgrades, a declared body over the limit, a ``_method`` form field); build
 the upstream request from the caller's — minus its credential, hop-by-hop headers (and
 those named in ``Connection``), ``Host``, the forwarding and path-override headers of
-:data:`INTERNAL_HEADERS` and any copy of the upstream credential header — then inject
-the secret last, stream the body up (:mod:`jitgate.gateway.bodies`: limited and timed)
-and the answer back, and audit the outcome. Upstream redirects are passed back, never
-followed; upstream connections are pooled; link-local and metadata addresses are
-refused at connect time (:mod:`jitgate.gateway.resolver`). Every spelling of the secret
-is scrubbed from the answer's reason phrase and headers, and overwritten in its body
-unless that has a ``Content-Encoding``. ``Expect: 100-continue`` is answered here, and
-only once the call is allowed. A call with response masks has its JSON answer read,
-masked and scrubbed whole (:mod:`jitgate.gateway.masking`); every other answer streams.
+:data:`INTERNAL_HEADERS` and any copy of the upstream credential header, and asking for
+``Accept-Encoding: identity`` — then inject the secret last, stream the body up
+(:mod:`jitgate.gateway.bodies`: limited and timed) and the answer back, and audit the
+outcome. Upstream redirects are passed back, never followed; upstream connections are
+pooled; link-local and metadata addresses are refused at connect time
+(:mod:`jitgate.gateway.resolver`). Every spelling of the secret is scrubbed from the
+answer's reason phrase and headers, and overwritten in its body; a body compressed all
+the same is decoded first, or refused if it cannot be (:mod:`jitgate.gateway.bodies`).
+``Expect: 100-continue`` is answered here, and only once the call is allowed. A call with
+response masks has its JSON answer read, masked and scrubbed whole
+(:mod:`jitgate.gateway.masking`); every other answer streams.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import functools
 import json
 import logging
 import time
+import zlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote_plus
@@ -38,10 +41,14 @@ from jitgate.clock import Clock, utc
 from jitgate.domain.addresses import refused_address
 from jitgate.domain.masks import Mask
 from jitgate.gateway.bodies import (
+    DECODED_DROPPED,
     MAX_FORM_SIZE,
     BodyLimitError,
+    Decoder,
     RequestBody,
     Scrubber,
+    decoder_for,
+    has_body,
     read_form,
     too_large,
 )
@@ -96,7 +103,10 @@ ALLOWED = DECISIONS.labels("allowed", "")
 # Never forwarded upstream, whatever the call ("expect" is answered by the gateway
 # itself, see _continue: forwarded, it makes the client library wait for an upstream
 # "100 Continue" that may never come).
-_NOT_FORWARDED = frozenset({"host", "authorization", "expect", *HOP_BY_HOP, *INTERNAL_HEADERS})
+# "accept-encoding" is the gateway's to say: it must see the answer's bytes to scrub them.
+_NOT_FORWARDED = frozenset(
+    {"host", "authorization", "expect", "accept-encoding", *HOP_BY_HOP, *INTERNAL_HEADERS}
+)
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
@@ -125,6 +135,7 @@ def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMu
         ):
             continue
         out.add(key, value)
+    out["Accept-Encoding"] = "identity"
     if credential:  # injected last: nothing the caller sent can remove it
         out[credential] = upstream.header_value
     return out
@@ -373,30 +384,53 @@ class Proxy:
         async with upstream_response:
             if masks and applies(request.method, upstream_response):
                 return await self._masked(upstream_response, upstream, masks)
-            reason = upstream_response.reason
-            response = web.StreamResponse(
-                status=upstream_response.status,
-                reason=_scrub(reason, upstream.spellings) if reason else None,
-            )
-            for key, value in response_headers(upstream_response.headers, upstream.spellings):
-                response.headers.add(key, value)
             encoding = upstream_response.headers.get("Content-Encoding", "identity")
-            scrubber = Scrubber(upstream.spellings) if encoding.lower() == "identity" else None
-            try:
-                await response.prepare(request)
-                async for chunk in upstream_response.content.iter_chunked(_CHUNK):
-                    out = scrubber.feed(chunk) if scrubber else chunk
-                    if out:
+            decoder: Decoder | None = None
+            if encoding.strip().lower() != "identity" and has_body(
+                request.method, upstream_response.status
+            ):
+                decoder = decoder_for(encoding, upstream_response.status)
+                if decoder is None:
+                    detail = f"the upstream's {encoding[:40]!r}-encoded answer cannot be scrubbed"
+                    return _failed(502, "upstream-encoding-refused", detail)
+            return await self._stream(request, upstream_response, upstream, decoder, body)
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        upstream_response: aiohttp.ClientResponse,
+        upstream: Upstream,
+        decoder: Decoder | None,
+        body: RequestBody | bytes | None,
+    ) -> tuple[web.StreamResponse, str | None, None]:
+        """The answer streamed back, decoded if ``decoder``, scrubbed of the secret."""
+        reason = upstream_response.reason
+        response = web.StreamResponse(
+            status=upstream_response.status,
+            reason=_scrub(reason, upstream.spellings) if reason else None,
+        )
+        for key, value in response_headers(upstream_response.headers, upstream.spellings):
+            if decoder is None or key.lower() not in DECODED_DROPPED:
+                response.headers.add(key, value)
+        scrubber = Scrubber(upstream.spellings)
+        try:
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+                for piece in decoder.feed(chunk) if decoder else (chunk,):
+                    if out := scrubber.feed(piece):
                         await response.write(out)
-                if scrubber:
-                    await response.write(scrubber.flush())
-                await response.write_eof()
-            except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
-                return response, "client-disconnected", None
-            except TimeoutError:
-                return response, "upstream-body-timeout", None
-            except aiohttp.ClientError:
-                return response, "upstream-body-interrupted", None
+            if decoder and (rest := decoder.flush()):
+                await response.write(scrubber.feed(rest))
+            await response.write(scrubber.flush())
+            await response.write_eof()
+        except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
+            return response, "client-disconnected", None
+        except TimeoutError:
+            return _cut(request, response, "upstream-body-timeout")
+        except aiohttp.ClientError:
+            return _cut(request, response, "upstream-body-interrupted")
+        except zlib.error:
+            return _cut(request, response, "upstream-body-undecodable")
         refused = body.refused if isinstance(body, RequestBody) else None
         return response, refused.reason if refused else None, None
 
@@ -423,6 +457,16 @@ class Proxy:
             body=scrubber.feed(body) + scrubber.flush(),
         )
         return response, None, masked
+
+
+def _cut(
+    request: web.BaseRequest, response: web.StreamResponse, error: str
+) -> tuple[web.StreamResponse, str, None]:
+    """An answer broken off after it began: the caller's connection is closed before the
+    end of the body is marked, so a chunked answer cannot pass for a complete one."""
+    if request.transport is not None:
+        request.transport.close()
+    return response, error, None
 
 
 def _failed(status: int, reason: str, detail: str) -> tuple[web.StreamResponse, str, None]:
