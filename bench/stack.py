@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -257,6 +258,42 @@ def start_jitgate(
         raise BenchError(f"{exc}\n--- {name} log ---\n{procs.log_tail(name)}") from exc
     tokens = json.loads((state / "demo-tokens.json").read_text())
     return Jitgate(proc, control, gateway, state, tokens)
+
+
+def start_gateway_alone(
+    procs: Processes, jg: Jitgate, workers: int, name: str = "serve-gateway"
+) -> tuple[Popen[bytes], str]:
+    """``jitgate serve gateway --workers N`` beside ``jg``, on its database and state (the
+    deployment a gateway machine runs); the process and the gateway's base URL."""
+    port = free_port()
+    env = {
+        **clean_env(),
+        "JITGATE_STATE_DIR": str(jg.state),
+        "JITGATE_ISSUER": jg.control,  # the tokens' issuer: the control plane's URL
+        "JITGATE_GATEWAY__LISTEN": f"{LOOPBACK}:{port}",
+        "JITGATE_POLICY_FILE": str(procs.log_dir / "bench-policy.yaml"),
+        "JITGATE_LOG_LEVEL": "warning",
+    }
+    argv = [*jitgate_command(), "serve", "gateway", "--workers", str(workers)]
+    proc = procs.start(name, argv, env)
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_until_ok(url + "/healthz", proc)
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n--- {name} log ---\n{procs.log_tail(name)}") from exc
+    return proc, url
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The gateway workers of a jitgate process (its spawned children), from ``/proc``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
 def call(jg: Jitgate, user: str, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -49,24 +49,12 @@ from harness import (
     run_plan,
     verdict,
 )
-from stack import PATH, grant, register_api, start_jitgate, start_upstream
+from stack import PATH, grant, register_api, start_jitgate, start_upstream, worker_pids
 
 API = "bench"
 INSTANCES = {"1 worker": 1, "2 workers": 2}
 MIN_RATIO = 1.5  # 2 workers / 1 worker, throughput
 RESUME_SECONDS = 1.0  # a resumed gateway's views are stale until they resync (250 ms)
-
-
-def worker_pids(parent: int) -> list[int]:
-    """The gateway workers of a ``jitgate up`` (its spawned children), from ``/proc``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return sorted(found)
 
 
 class OneAtATime:
