@@ -18,6 +18,7 @@ from jitgate.gateway.authz import DecisionEndpoints
 from jitgate.gateway.enforce import Enforcer
 from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.revocations import RevocationTable
+from jitgate.gateway.usage import UsageMeter
 from jitgate.gateway.view import GatewayView
 from jitgate.notify.notifier import Notifier
 from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy
@@ -133,9 +134,12 @@ class WorkerRuntime:
         self.store.close()
 
 
-def build_worker(settings: Settings, shared: RevocationTable | None) -> WorkerRuntime:
-    """A gateway worker; ``shared``: the revocation table of this machine's control plane.
-    The parent has already validated the settings, migrated the database and made the keys."""
+def build_worker(
+    settings: Settings, shared: RevocationTable | None, usage: UsageMeter | None = None
+) -> WorkerRuntime:
+    """A gateway worker; ``shared``: the revocation table of this machine's control plane;
+    ``usage``: the usage table all the workers of this gateway count in. The parent has
+    already validated the settings, migrated the database and made the keys."""
     clock = SystemClock()
     store = open_store(settings.database, migrate_schema=False)
     writer = _audit_writer(settings, store)
@@ -145,6 +149,7 @@ def build_worker(settings: Settings, shared: RevocationTable | None) -> WorkerRu
         clock,
         max_staleness=settings.revocation.max_staleness.total_seconds(),
         shared=shared,
+        usage=usage,
     )
     view.resync()
     proxy, decisions = _enforcement(settings, view, writer, clock)

@@ -17,6 +17,10 @@ Process model:
   returns. API and key changes move a counter that a worker checks every
   ``CHANGES_POLL`` seconds, and then reloads from the database. Every worker also
   resyncs on its own, as any gateway does, and fails closed when stale.
+* Usage limits (``max_calls``, ``rate``) hold for the gateway as a whole: the pool creates
+  a :class:`~jitgate.gateway.usage.SharedUsageMeter` before it spawns any worker, every
+  worker (a replacement too) counts in it under one cross-process lock, and it lives as
+  long as the pool, so a replaced worker neither resets nor re-seeds a grant's count.
 * Workers die with the main process: each watches its parent's sentinel, which becomes
   readable once the parent is gone for any reason (SIGKILL included), and then stops.
   Each has a process group of its own, so that Ctrl-C (or a signal to the group) reaches
@@ -45,6 +49,7 @@ import uvloop
 from jitgate.config import Settings
 from jitgate.errors import JitgateError
 from jitgate.gateway.revocations import RevocationTable, TableHandle
+from jitgate.gateway.usage import SharedUsageMeter, UsageHandle
 from jitgate.gateway.view import GatewayView
 from jitgate.serving import bind, start_gateway
 from jitgate.wiring import WorkerRuntime, build_worker
@@ -72,18 +77,22 @@ class WorkerSpec:
     port: int
     table: TableHandle | None  # the control plane's revocations; None without one
     index: int
+    usage: UsageHandle  # the usage table all the workers of this pool count in
 
 
 # ------------------------------------------------------------------ the main process
 
 
 class WorkerPool:
-    """Starts ``count`` workers, replaces those that die, stops them all."""
+    """Starts ``count`` workers, replaces those that die, stops them all; owns the usage
+    table they share."""
 
     def __init__(
         self, settings: Settings, address: tuple[str, int], table: TableHandle | None, count: int
     ) -> None:
-        self._specs = [WorkerSpec(settings, *address, table, i) for i in range(count)]
+        self._usage = SharedUsageMeter.create()
+        handle = self._usage.handle
+        self._specs = [WorkerSpec(settings, *address, table, i, handle) for i in range(count)]
         self._procs: dict[int, BaseProcess] = {}
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,21 +139,27 @@ class WorkerPool:
 
     def _exited(self, spec: WorkerSpec, proc: BaseProcess) -> None:
         asyncio.get_running_loop().remove_reader(proc.sentinel)
-        proc.join(0)
         if self._stopping:
             return
+        task = asyncio.create_task(self._replace(spec, proc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, spec: WorkerSpec, proc: BaseProcess) -> None:
+        # The sentinel can be readable a moment before the exit status is: wait for it,
+        # off the event loop (a process that somehow lives on is killed).
+        await asyncio.to_thread(proc.join, STOP_TIMEOUT)
+        if proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join, STOP_TIMEOUT)
         log.error(
             "gateway worker %d (pid %d) exited with code %s; starting another",
             spec.index,
             proc.pid,
             proc.exitcode,
         )
-        proc.close()
-        task = asyncio.create_task(self._replace(spec))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _replace(self, spec: WorkerSpec) -> None:
+        with contextlib.suppress(ValueError):  # still running after SIGKILL: leave it be
+            proc.close()
         try:
             await self._start(spec)
         except Exception as exc:
@@ -166,6 +181,7 @@ class WorkerPool:
                 if proc.is_alive():
                     proc.terminate()
         await asyncio.to_thread(_reap, procs)
+        self._usage.close()
         if not self.failed.done():
             self.failed.cancel()
 
@@ -222,13 +238,15 @@ def _worker_main(spec: WorkerSpec, ready: Connection) -> None:
     listen = f"{spec.host}:{spec.port}"
     sock = bind(spec.host, spec.port, listen, reuse_port=True)
     table = RevocationTable.attach(spec.table) if spec.table is not None else None
-    rt = build_worker(spec.settings, table)
+    usage = SharedUsageMeter.attach(spec.usage)
+    rt = build_worker(spec.settings, table, usage)
     gc.collect()
     gc.freeze()  # as in the main process: no long collector pauses on the event loop
     try:
         uvloop.run(_serve(rt, sock, table, ready))
     finally:
         rt.close()
+        usage.close()
         if table is not None:
             table.close()
 

@@ -181,6 +181,26 @@ def test_a_worker_that_dies_is_replaced(instance: Instance) -> None:
     assert httpx.get(f"{instance.server.gateway_url}/healthz", timeout=10).status_code == 200
 
 
+def test_workers_killed_one_after_another_are_each_replaced(instance: Instance) -> None:
+    """The exit can be seen (sentinel) a moment before it can be reaped: every death,
+    however soon after the previous replacement, gets its replacement."""
+    killed: set[int] = set()
+    for _ in range(4):
+        victim = min(instance.workers() - killed)
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+        deadline = time.monotonic() + 30
+        serving: set[int] = set()
+        while time.monotonic() < deadline and len(serving) < 2:
+            text = instance.server.text()
+            serving = {p for p in instance.workers() if f"is serving (pid {p})" in text}
+            time.sleep(0.05)
+        assert len(serving) == 2, instance.server.text()[-2000:]
+        assert not serving & killed
+    assert "Traceback" not in instance.server.text()
+    assert httpx.get(f"{instance.server.gateway_url}/healthz", timeout=10).status_code == 200
+
+
 def test_workers_die_with_the_main_process(instance: Instance) -> None:
     workers = instance.workers()
     assert instance.server.process is not None

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from jitgate.gateway.enforce import Deny, TokenCache, VerifiedToken, bearer_token, query_keys
+from jitgate.gateway.enforce import (
+    ROUTES_PER_TOKEN,
+    Deny,
+    TokenCache,
+    VerifiedToken,
+    bearer_token,
+    query_keys,
+)
+from jitgate.services import grants
 from jitgate.tokens.grant_token import GrantClaims
 from tests.gateway.conftest import Harness
 
@@ -79,3 +89,32 @@ async def test_an_unexpected_error_denies(gw: Harness, monkeypatch: pytest.Monke
     reply = await gw.call("GET", "/demo/v1/items", token)
     gw.assert_denied(reply, 500, "internal-error", api=None)
     assert "view corrupted" not in reply.body.decode()
+
+
+async def test_remembered_scope_outcomes_never_skip_revocation_or_time(gw: Harness) -> None:
+    issued = gw.issue(["GET /v1/items"])
+
+    async def refused(token: str, path: str, status: int, code: str) -> None:
+        hits = len(gw.hits)
+        reply = await gw.call("GET", path, token)
+        gw.assert_denied(reply, status, code, api="demo", hits_before=hits)
+
+    for _ in range(2):  # the second time, from the remembered outcomes
+        assert (await gw.call("GET", "/demo/v1/items", issued.token)).status == 200
+        await refused(issued.token, "/demo/v1/other", 403, "out-of-scope")
+    grants.revoke(gw.ctx, gw.root, issued.grant.id, "test")
+    await refused(issued.token, "/demo/v1/items", 403, "grant-revoked")
+    later = gw.issue(["GET /v1/items"], duration="5m")
+    assert (await gw.call("GET", "/demo/v1/items", later.token)).status == 200
+    gw.clock.advance(timedelta(minutes=6))
+    gw.view.resync()  # keep the view fresh: the refusal must be about time
+    await refused(later.token, "/demo/v1/items", 403, "token-expired")
+
+
+async def test_remembered_scope_outcomes_are_bounded_per_token(gw: Harness) -> None:
+    token = gw.issue(["GET /v1/items/*"]).token
+    for n in range(ROUTES_PER_TOKEN + 10):
+        assert (await gw.call("GET", f"/demo/v1/items/{n}", token)).status == 200
+    verified = gw.enforcer.cache.get(token)
+    assert verified is not None
+    assert len(verified.routes) == ROUTES_PER_TOKEN

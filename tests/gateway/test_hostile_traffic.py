@@ -7,12 +7,15 @@ the case says otherwise, and one of three outcomes:
 * **refused by the gateway** (``code`` set): the problem's status and code, the upstream
   never reached, and an ``access.denied`` event naming the same reason
   (:meth:`Harness.assert_denied`);
-* **refused by the HTTP parser** (``code`` None, status ≥ 400): aiohttp answers in plain
-  text before any handler runs, so no request exists to attribute and *no* audit event
-  is written — asserted, with the upstream never reached;
-* **forwarded** (status < 400): the positive controls and the rules that admit (a granted
+* **refused by the HTTP parser** (``code`` one of :data:`PARSER_REASONS`): the same, before
+  any handler runs, so the one event names nobody (no principal, API or grant) and holds
+  nothing of what was sent (no method, target or header), and the connection is closed;
+* **forwarded** (``code`` None): the positive controls and the rules that admit (a granted
   GET admits HEAD; the auth scheme is case-insensitive), with exactly one upstream hit
   and an ``access.allowed`` event.
+
+The tests after the table cover what is special to parser refusals: the bytes after one
+are never read, and their audit events apply back-pressure within a bounded backlog.
 
 Part two (:mod:`tests.gateway.test_hostile_upstream`) covers what reaches the upstream,
 secrets, limits, timeouts and upstream addresses.
@@ -20,17 +23,25 @@ secrets, limits, timeouts and upstream addresses.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from jitgate.audit.events import EventType
+from jitgate.audit.events import EventType, NewEvent
+from jitgate.gateway.app import create_gateway_server
+from jitgate.gateway.enforce import Deny
+from jitgate.gateway.protocol import ParserRefusals
+from jitgate.gateway.proxy import Proxy
 from jitgate.services import grants
 from jitgate.tokens.grant_token import MAX_TOKEN_LENGTH
-from tests.gateway.conftest import Harness
+from tests.gateway.conftest import Harness, _parse_raw, serve
 from tests.tokens import forge
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +157,7 @@ class Case:
     id: str
     prepare: Prepare
     status: int
-    code: str | None  # the audited refusal reason; None: forwarded, or refused by the parser
+    code: str | None  # the audited refusal reason; None: forwarded
     scopes: tuple[str, ...] = GRANT
     audited_api: str | None = "demo"
     starts_in: float = 0.0  # seconds until the grant starts
@@ -156,6 +167,21 @@ def _forward(
     prepare: Prepare, status: int = 200, scopes: tuple[str, ...] = GRANT
 ) -> dict[str, Any]:
     return {"prepare": prepare, "status": status, "code": None, "scopes": scopes}
+
+
+# The reasons of refusals by the HTTP parser (docs/gateway.md).
+LINE = "request-line-malformed"
+MALFORMED = "request-malformed"
+HEADERS = "headers-too-large"
+TARGET = "target-too-long"
+PARSER_REASONS = frozenset({LINE, MALFORMED, HEADERS, TARGET})
+
+
+def _parser(
+    prepare: Prepare, status: int, code: str, scopes: tuple[str, ...] = GRANT
+) -> dict[str, Any]:
+    assert code in PARSER_REASONS
+    return {"prepare": prepare, "status": status, "code": code, "scopes": scopes}
 
 
 TOKENS = [
@@ -349,21 +375,25 @@ SCOPE = [
     # Raw bytes the request line must not carry: llhttp refuses control characters and
     # non-ASCII (the gateway's own check, "raw character outside printable ASCII", is the
     # second line of defence behind it).
-    Case("raw-nul", raw(b"GET /demo/v1/projects/42/x\x00 HTTP/1.1\r\nHost: g\r\n\r\n"), 400, None),
+    Case(
+        "raw-nul",
+        **_parser(raw(b"GET /demo/v1/projects/42/x\x00 HTTP/1.1\r\nHost: g\r\n\r\n"), 400, LINE),
+    ),
     Case(
         "raw-control",
-        raw(b"GET /demo/v1/projects/42/x\x01y HTTP/1.1\r\nHost: g\r\n\r\n"),
-        400,
-        None,
+        **_parser(raw(b"GET /demo/v1/projects/42/x\x01y HTTP/1.1\r\nHost: g\r\n\r\n"), 400, LINE),
     ),
     Case(
         "raw-utf8-fullwidth-dots",
-        raw(
-            b"GET /demo/v1/projects/42/\xef\xbc\x8e\xef\xbc\x8e/43 HTTP/1.1\r\nHost: g\r\n"
-            b"Authorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        # llhttp refuses raw non-ASCII in the target; encoded, it is ambiguous-path
+        **_parser(
+            raw(
+                b"GET /demo/v1/projects/42/\xef\xbc\x8e\xef\xbc\x8e/43 HTTP/1.1\r\nHost: g\r\n"
+                b"Authorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+            ),
+            400,
+            LINE,
         ),
-        400,
-        None,  # llhttp refuses raw non-ASCII in the target; encoded, it is ambiguous-path
     ),
     # Trailing slash: significant. "/**" admits both; an exact pattern only its own form.
     Case("trailing-slash-under-open-grant", **_forward(send(target=f"{P}/42/"))),
@@ -489,7 +519,7 @@ METHODS = [
         ),
     ),
     # llhttp parses methods case-sensitively: "get" is no method at all.
-    Case("method-lowercase", send("get"), 400, None),
+    Case("method-lowercase", **_parser(send("get"), 400, LINE)),
     Case("method-trace", send("TRACE"), 405, "method-not-allowed"),
     Case("method-connect", send("CONNECT"), 405, "method-not-allowed"),
     Case("method-unknown", send("PROPFIND"), 405, "method-not-allowed"),
@@ -509,32 +539,47 @@ FRAMING = [
     # Request smuggling: the parser refuses before the gateway sees a request.
     Case(
         "cl-and-te",
-        raw(_PREFIX + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-        400,
-        None,
-        scopes=POST_GRANT,
+        **_parser(
+            raw(_PREFIX + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            400,
+            MALFORMED,
+            scopes=POST_GRANT,
+        ),
     ),
     Case(
         "two-content-lengths",
-        raw(_PREFIX + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"),
-        400,
-        None,
-        scopes=POST_GRANT,
+        **_parser(
+            raw(_PREFIX + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"),
+            400,
+            MALFORMED,
+            scopes=POST_GRANT,
+        ),
     ),
     Case(
         "te-not-chunked",
-        raw(_PREFIX + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
-        400,
-        None,
-        scopes=POST_GRANT,
+        **_parser(
+            raw(_PREFIX + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+            400,
+            MALFORMED,
+            scopes=POST_GRANT,
+        ),
     ),
-    Case("two-hosts", send(headers=[("Host", "echo.test")]), 400, None),
+    Case("two-hosts", **_parser(send(headers=[("Host", "echo.test")]), 400, MALFORMED)),
+    Case("header-name-with-space", **_parser(send(headers=[("X Y", "1")]), 400, MALFORMED)),
     # Oversized heads: 431 (a header field over 8190 bytes, or over 128 fields), 414.
-    Case("header-value-too-large", send(headers=[("X-Big", "a" * 9000)]), 431, None),
-    Case("header-name-too-large", send(headers=[("X-" + "a" * 9000, "1")]), 431, None),
-    Case("too-many-headers", send(headers=[(f"X-H{i}", "1") for i in range(130)]), 431, None),
-    Case("token-too-large-for-a-header", send(auth=lambda g: ["Bearer " + "a" * 9000]), 431, None),
-    Case("target-too-long", send(target=IN + "?q=" + "a" * 17000), 414, None),
+    Case("header-value-too-large", **_parser(send(headers=[("X-Big", "a" * 9000)]), 431, HEADERS)),
+    Case(
+        "header-name-too-large", **_parser(send(headers=[("X-" + "a" * 9000, "1")]), 431, HEADERS)
+    ),
+    Case(
+        "too-many-headers",
+        **_parser(send(headers=[(f"X-H{i}", "1") for i in range(130)]), 431, HEADERS),
+    ),
+    Case(
+        "token-too-large-for-a-header",
+        **_parser(send(auth=lambda g: ["Bearer " + "a" * 9000]), 431, HEADERS),
+    ),
+    Case("target-too-long", **_parser(send(target=IN + "?q=" + "a" * 17000), 414, TARGET)),
     # Upgrade named in Connection switches protocols in HTTP parsers: never proxied.
     Case(
         "upgrade-websocket",
@@ -568,27 +613,126 @@ FRAMING = [
 CASES = TOKENS + SCOPE + METHODS + FRAMING
 
 
+def _denied(reason: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "jitgate_gateway_decisions_total", {"outcome": "denied", "reason": reason}
+    )
+    return sample or 0.0
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 async def test_hostile_request(gw: Harness, case: Case) -> None:
     starts_at = gw.clock.now() + timedelta(seconds=case.starts_in) if case.starts_in else None
     issued = gw.issue(list(case.scopes), starts_at=starts_at)
     request = case.prepare(Given(gw, issued))
+    counted = _denied(case.code) if case.code else 0.0
 
-    reply = await gw.raw(request)
+    reply = await gw.raw(request)  # read until the gateway closes the connection
 
-    if case.code is not None:  # refused by the gateway, and audited
+    if case.code in PARSER_REASONS:  # refused by the HTTP parser: no request was handled
+        event = gw.assert_denied(reply, case.status, case.code, api=None)
+        assert gw.sink.events == [event]
+        assert (event.actor, event.principal, event.grant) == (None, None, None)
+        assert set(event.data) == {"status", "reason", "detail"}  # nothing of what was sent
+        assert _denied(case.code) == counted + 1
+    elif case.code is not None:  # refused by the gateway, and audited
         event = gw.assert_denied(reply, case.status, case.code, api=case.audited_api)
         assert event.data["target"] == request.split(b" ")[1].decode("latin-1").partition("?")[0]
         if case.audited_api is not None and case.status == 403:
             assert event.grant == issued.grant.id  # a valid token: the grant is named
-    elif case.status >= 400:  # refused by the HTTP parser: no request, nothing to audit
-        assert reply.status == case.status, reply.body
-        assert reply.headers["Content-Type"].startswith("text/plain")
-        assert gw.hits == []
-        assert gw.sink.events == []
+        assert _denied(case.code) == counted + 1
     else:  # forwarded: reached the upstream once, and audited as allowed
         assert reply.status == case.status, reply.body
         assert len(gw.hits) == 1
         (event,) = gw.events(EventType.ACCESS_ALLOWED)
         assert event.grant == issued.grant.id
         assert event.data["status"] == case.status
+
+
+async def test_the_bytes_after_a_parser_refusal_are_never_read(gw: Harness) -> None:
+    """A malformed request, then a good one on the same connection (no ``close``): one
+    answer, the connection closed after it, the good request never handled."""
+    token = gw.issue(list(GRANT)).token
+    good = f"GET {IN} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"get / HTTP/1.1\r\nHost: g\r\n\r\n" + good.encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout=5)  # EOF: the gateway closed
+    finally:
+        writer.close()
+    assert data.count(b"HTTP/1.") == 1
+    gw.assert_denied(_parse_raw(data), 400, LINE, api=None)
+    assert len(gw.sink.events) == 1
+
+
+class _FullSink:
+    """An audit sink with no room: ``try_submit`` refuses, ``submit`` waits for release."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self.events: list[NewEvent] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.waiting = 0
+        self.most_waiting = 0
+        self._lock = threading.Lock()
+
+    def try_submit(self, event: NewEvent) -> bool:
+        return False
+
+    def submit(self, event: NewEvent) -> None:
+        with self._lock:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+        self.entered.set()
+        self.release.wait(5)
+        with self._lock:
+            self.waiting -= 1
+            self.events.append(event)
+
+
+async def test_a_parser_refusal_is_answered_once_its_event_is_queued(gw: Harness) -> None:
+    """Back-pressure: with the audit queue full, the refusal waits for room (in a worker
+    thread, the event loop free), and only then is answered."""
+    sink = _FullSink()
+    proxy = Proxy(gw.enforcer, sink, gw.clock, connect_timeout=2.0, timeout=5.0)
+    runner, port = await serve(create_gateway_server(proxy))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"get / HTTP/1.1\r\nHost: g\r\n\r\n")
+        await writer.drain()
+        answer = asyncio.ensure_future(reader.read())
+        assert await asyncio.to_thread(sink.entered.wait, 5)
+        done, _ = await asyncio.wait({answer}, timeout=0.1)
+        assert not done, "answered before its audit event was queued"
+        assert (await gw.call("GET", "/healthz")).status == 200  # the loop is not blocked
+        sink.release.set()
+        data = await asyncio.wait_for(answer, timeout=5)
+        writer.close()
+    finally:
+        sink.release.set()
+        await runner.cleanup()
+        await proxy.close()
+    reply = _parse_raw(data)
+    assert (reply.status, reply.code) == (400, LINE)
+    assert [e.data["reason"] for e in sink.events] == [LINE]
+
+
+async def test_refusals_waiting_for_the_audit_queue_are_bounded(
+    gw: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood while the audit queue is full: at most ``backlog`` events wait (handed to
+    the sink in order, one thread at a time); beyond it, each one is logged."""
+    sink = _FullSink()
+    refusals = ParserRefusals(sink, gw.clock, backlog=2)
+    waiting = [refusals.record(Deny(400, LINE, "first")), refusals.record(Deny(431, HEADERS, "2"))]
+    with caplog.at_level(logging.ERROR, logger="jitgate.gateway.protocol"):
+        assert refusals.record(Deny(414, TARGET, "third")) is None
+    assert f"parser refusal {TARGET} not recorded" in caplog.text
+    sink.release.set()
+    await asyncio.wait_for(asyncio.gather(*(w for w in waiting if w is not None)), timeout=5)
+    assert all(w is not None and w.done() for w in waiting)
+    assert [e.data["reason"] for e in sink.events] == [LINE, HEADERS]
+    assert sink.most_waiting == 1

@@ -3,7 +3,8 @@
 ``/healthz`` answers for the gateway itself; ``/authz/…`` are the decision endpoints
 (:mod:`jitgate.gateway.authz`, 404 unless enabled), never proxied; every other path is
 ``/{api}/{path…}`` and goes to the proxy. API names that collide with these paths are
-refused at registration.
+refused at registration. What aiohttp's HTTP parser refuses never reaches ``handle``: it
+is answered, counted and audited by the connections (:mod:`jitgate.gateway.protocol`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from jitgate.gateway.authz import DISABLED, DecisionEndpoints, is_decision_path
-from jitgate.gateway.protocol import GatewayServer
+from jitgate.gateway.protocol import GatewayServer, ParserRefusals
 from jitgate.gateway.proxy import Proxy, problem_response
 
 MAX_HEADER_FIELD = 8190  # one header field (name and value): over it, 431
@@ -35,6 +36,7 @@ def create_gateway_server(proxy: Proxy, decisions: DecisionEndpoints | None = No
 
     return GatewayServer(
         handle,
+        refusals=ParserRefusals(proxy.audit, proxy.clock),  # audited like the proxy's denials
         max_field_size=MAX_HEADER_FIELD,
         max_line_size=MAX_LINE,
         keepalive_timeout=proxy.client_timeout,  # also bounds a slow request head

@@ -58,6 +58,7 @@ TARGET_HEADER = "X-Jitgate-Target"
 STATUS_HEADER = "X-Jitgate-Status"
 PROBLEM_HEADER = "X-Jitgate-Problem"
 ENVOY_REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+MAX_PEERS = 4096  # peer addresses whose allow_from answer is remembered
 
 
 class Via(StrEnum):
@@ -112,10 +113,21 @@ class DecisionEndpoints:
     def __init__(self, proxy: Proxy, *, allow_from: Iterable[IPv4Network | IPv6Network]) -> None:
         self.proxy = proxy
         self.allow_from = tuple(allow_from)
+        self._peers: dict[str, bool] = {}  # the answer by peer address, for the hot path
 
     def caller_allowed(self, request: web.BaseRequest) -> bool:
+        remote = request.remote or ""
+        allowed = self._peers.get(remote)
+        if allowed is None:
+            allowed = self._allowed(remote)
+            if len(self._peers) >= MAX_PEERS:
+                self._peers.clear()
+            self._peers[remote] = allowed
+        return allowed
+
+    def _allowed(self, remote: str) -> bool:
         try:
-            peer = ip_address(request.remote or "")
+            peer = ip_address(remote)
         except ValueError:  # a Unix socket or an unknown peer: not an allowed proxy
             return False
         if isinstance(peer, IPv6Address) and peer.ipv4_mapped is not None:

@@ -26,6 +26,7 @@ several codings, a compressed partial answer) cannot be decoded here and is refu
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -98,13 +99,18 @@ async def read_form(content: StreamReader, *, limit: int, stall: float) -> bytes
     return bytes(data)
 
 
+@functools.lru_cache(maxsize=1024)
+def _prepared(spellings: tuple[str, ...]) -> tuple[tuple[bytes, ...], frozenset[bytes], int]:
+    """A scrubber's forms, their first bytes and the tail to hold back (once per secret)."""
+    forms = tuple(s.encode() for s in spellings if s)
+    return forms, frozenset(f[:1] for f in forms), max((len(f) for f in forms), default=1) - 1
+
+
 class Scrubber:
     """Overwrites every spelling of a secret in a byte stream; see the module docstring."""
 
     def __init__(self, spellings: tuple[str, ...]) -> None:
-        self._forms = tuple(s.encode() for s in spellings if s)
-        self._firsts = {f[:1] for f in self._forms}
-        self._keep = max((len(f) for f in self._forms), default=1) - 1
+        self._forms, self._firsts, self._keep = _prepared(spellings)
         self._held = b""
 
     def _scrub(self, data: bytes) -> bytes:

@@ -4,15 +4,17 @@
 :class:`Allow` or :class:`Deny` with a reason code. It touches no database and no
 network: token verification results are cached (successes only, keyed by the exact
 token string, never past ``exp``, and only while the verifying key is in force), while
-revocation, time and scope are checked on every call. Any unexpected error in here is a
-denial (fail closed).
+revocation, time, scope and usage limits are checked on every call. The scope check's
+outcome for an exact (method, raw path) is remembered with the verified token
+(:data:`ROUTES_PER_TOKEN` of them): it depends on nothing else. Any unexpected error in
+here is a denial (fail closed).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDictProxy, MultiMapping
@@ -31,11 +33,19 @@ METHOD_OVERRIDE_HEADERS = (
 METHOD_OVERRIDE_PARAMS = ("_method",)
 
 
+ROUTES_PER_TOKEN = 64  # (method, path) outcomes remembered per verified token
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
     claims: GrantClaims
     scopes: tuple[Scope, ...]
     masks: tuple[Mask, ...] = ()  # the grant's response masks (``msk``), parsed once
+    # The scope check's outcome by (method, raw path): the upstream path, or the refusal.
+    # A pure function of the token's scopes and the request, so it may be remembered.
+    routes: dict[tuple[str, str], str | Deny] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,19 +198,31 @@ class Enforcer:
             return Deny(403, expired.reason, expired.detail, api_name, verified)
         if self.view.is_ended(claims.grant_id):
             return Deny(403, "grant-revoked", "the grant has been revoked", api_name, verified)
-        try:
-            normalised = normalise_path(path)
-        except AmbiguousPath as exc:
-            return Deny(400, "ambiguous-path", exc.detail, api_name, verified)
-        if not any(scope.matches(method, normalised) for scope in verified.scopes):
-            return Deny(
-                403,
-                "out-of-scope",
-                f"{method} {path[:200]} is outside the grant's scopes",
-                api_name,
-                verified,
-            )
+        route = verified.routes.get((method, path))
+        if route is None:
+            route = _route(method, path, api_name, verified)
+            if len(verified.routes) < ROUTES_PER_TOKEN:
+                verified.routes[method, path] = route
+        if isinstance(route, Deny):
+            return route
         refused = self.view.usage.admit(claims, now)  # last: a refused call uses no quota
         if refused is not None:
             return Deny(429, refused[0], refused[1], api_name, verified)
-        return Allow(upstream=upstream, token=verified, path=normalised.raw, query=query)
+        return Allow(upstream=upstream, token=verified, path=route, query=query)
+
+
+def _route(method: str, path: str, api_name: str, verified: VerifiedToken) -> str | Deny:
+    """The upstream path of ``method path`` under the token's scopes, or why not."""
+    try:
+        normalised = normalise_path(path)
+    except AmbiguousPath as exc:
+        return Deny(400, "ambiguous-path", exc.detail, api_name, verified)
+    if not any(scope.matches(method, normalised) for scope in verified.scopes):
+        return Deny(
+            403,
+            "out-of-scope",
+            f"{method} {path[:200]} is outside the grant's scopes",
+            api_name,
+            verified,
+        )
+    return normalised.raw

@@ -419,10 +419,8 @@ class Proxy:
                 for piece in decoder.feed(chunk) if decoder else (chunk,):
                     if out := scrubber.feed(piece):
                         await response.write(out)
-            if decoder and (rest := decoder.flush()):
-                await response.write(scrubber.feed(rest))
-            await response.write(scrubber.flush())
-            await response.write_eof()
+            tail = scrubber.feed(decoder.flush()) if decoder else b""
+            await response.write_eof(tail + scrubber.flush())
         except ConnectionResetError:  # the caller went away (aiohttp's is a subclass)
             return response, "client-disconnected", None
         except TimeoutError:

@@ -28,10 +28,10 @@ from jitgate.config import MAX_CLOCK_SKEW
 from jitgate.domain.masks import Mask, parse_masks
 from jitgate.domain.models import Api, InjectionKind
 from jitgate.gateway.revocations import RevocationTable
-from jitgate.gateway.usage import UsageMeter
+from jitgate.gateway.usage import LocalUsageMeter, Seen, UsageMeter
 from jitgate.secrets import Secret, SecretBox
 from jitgate.storage.directory_repo import StoredKey
-from jitgate.storage.store import Store
+from jitgate.storage.store import Store, Tx
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class GatewayView:
         *,
         max_staleness: float,
         shared: RevocationTable | None = None,
+        usage: UsageMeter | None = None,
     ) -> None:
         self._store = store
         self._box = box
@@ -103,7 +104,9 @@ class GatewayView:
         self._ended_read_at: datetime | None = None  # wall time of the last ended-grants read
         self._pruned_at = float("-inf")  # monotonic time of the last drop of expired entries
         self._generation = 0  # bumped by every reload the feed asks for
-        self.usage = UsageMeter()  # per-grant call counts and rate buckets
+        # Per-grant call counts and rate buckets: this process's own, or in a gateway
+        # worker the table all the workers of its gateway count in.
+        self.usage = usage if usage is not None else LocalUsageMeter()
         self.shared = shared  # the control plane's revocations, in a worker process
 
     # what enforcement asks ----------------------------------------------------
@@ -175,10 +178,10 @@ class GatewayView:
             )
             keys = tx.directory.list_keys()
             rows = tx.directory.apis_with_secrets()
-            if first:  # a quota survives a restart: count what was already admitted
-                self.usage.seed(
-                    tx.audit.allowed_counts(tx.access.limited_grants(self._clock.now()))
-                )
+            # A quota survives a restart: count what was already admitted. Once per meter:
+            # a shared one is seeded by the first worker, not again by the others.
+            if first and self.usage.needs_seed:
+                self.usage.seed(_usage_seen(tx, self._clock.now()))
         public_keys, upstreams = self._live_keys(keys), self._upstreams(rows)
         horizon = self._clock.timestamp() - ENDED_GRACE.total_seconds()
         with self._lock:
@@ -192,3 +195,13 @@ class GatewayView:
             self._synced_at = started
             self._ended_read_at = read_at
         self.usage.prune(self._clock.timestamp())
+
+
+def _usage_seen(tx: Tx, now: datetime) -> dict[str, Seen]:
+    """The calls already admitted of each live grant with a quota, and its expiry."""
+    seen = {}
+    for grant_id, calls in tx.audit.allowed_counts(tx.access.limited_grants(now)).items():
+        grant = tx.access.get_grant(grant_id)
+        if grant is not None:
+            seen[grant_id] = Seen(calls, grant.expires_at.timestamp())
+    return seen
