@@ -1,10 +1,17 @@
-"""The composition root: settings in, running services out. The only place that chooses."""
+"""The composition root: settings in, running services out. The only place that chooses.
+
+A gateway worker (:func:`build_worker`) needs the gateway, the store and the audit
+writer only: what the control plane alone needs (policy engine, notifications, the
+services) is imported by :func:`build` when it runs, so that a worker process does not
+carry it (its memory is part of the gateway's footprint).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,15 +27,14 @@ from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.revocations import RevocationTable
 from jitgate.gateway.usage import UsageMeter
 from jitgate.gateway.view import GatewayView
-from jitgate.notify.notifier import Notifier
-from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy
-from jitgate.policy.model import Policy
 from jitgate.secrets import Secret, SecretBox, load_master_key
-from jitgate.services.bootstrap import ensure_admin, ensure_keyring
-from jitgate.services.context import ChangeFeed, Context, NullFeed
-from jitgate.services.policy import record_policy
 from jitgate.storage.database import normalise_url
 from jitgate.storage.store import Store
+
+if TYPE_CHECKING:
+    from jitgate.notify.notifier import Notifier
+    from jitgate.policy.model import Policy
+    from jitgate.services.context import ChangeFeed, Context
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ def open_store(url: str, *, migrate_schema: bool = True) -> Store:
 
 
 def choose_policy(settings: Settings, *, demo: bool) -> Policy:
+    from jitgate.policy import DEMO_POLICY_PATH, load_policy, parse_policy  # noqa: PLC0415
+
     if settings.policy_file is not None:
         return load_policy(settings.policy_file)
     if demo:
@@ -80,6 +88,12 @@ def build(
 ) -> Runtime:
     """Everything one process needs. ``feed``: where changes are announced when the
     gateway runs in other processes of this machine (their shared revocation table)."""
+    # The control plane's parts, imported here (see the module docstring).
+    from jitgate.notify.notifier import Notifier  # noqa: PLC0415
+    from jitgate.services.bootstrap import ensure_admin, ensure_keyring  # noqa: PLC0415
+    from jitgate.services.context import Context, NullFeed  # noqa: PLC0415
+    from jitgate.services.policy import record_policy  # noqa: PLC0415
+
     clock = clock or SystemClock()
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     box = _secret_box(settings)

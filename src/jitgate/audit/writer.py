@@ -16,12 +16,30 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from jitgate.audit.events import NewEvent
 
 log = logging.getLogger(__name__)
 
 Append = Callable[[Sequence[NewEvent]], None]
+
+
+class AuditSink(Protocol):
+    """Takes events that are written later, in batches (access and auth failures).
+
+    ``healthy`` is false while events cannot be persisted; the gateway then refuses
+    calls (fail closed) rather than let access go unrecorded.
+    """
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def submit(self, event: NewEvent) -> None:
+        """Queue ``event``, waiting while the queue is full."""
+
+    def try_submit(self, event: NewEvent) -> bool:
+        """Queue ``event`` if there is room now; never waits."""
 
 
 class AuditWriter:

@@ -42,10 +42,10 @@ from aiohttp.http_exceptions import (
 )
 
 from jitgate.audit.events import EventType, NewEvent
+from jitgate.audit.writer import AuditSink
 from jitgate.clock import Clock, utc
 from jitgate.gateway.enforce import Deny
 from jitgate.gateway.proxy import DECISIONS, problem_response
-from jitgate.services.context import AuditSink
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from yarl import URL
 
 from jitgate.audit.events import EventType, NewEvent
+from jitgate.audit.writer import AuditSink
 from jitgate.clock import Clock, utc
 from jitgate.domain.addresses import refused_address
 from jitgate.domain.masks import Mask
@@ -65,7 +66,6 @@ from jitgate.gateway.masking import (
 from jitgate.gateway.resolver import GuardedResolver, RefusedAddressError
 from jitgate.gateway.view import Upstream
 from jitgate.problems import PROBLEM_CONTENT_TYPE, problem
-from jitgate.services.context import AuditSink
 
 log = logging.getLogger(__name__)
 

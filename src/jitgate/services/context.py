@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from jitgate.audit.events import NewEvent
+from jitgate.audit.writer import AuditSink
 from jitgate.clock import Clock
 from jitgate.domain.models import Principal
 from jitgate.errors import Forbidden
@@ -51,23 +51,6 @@ class NullFeed:
 
     def keys_changed(self) -> None:
         return None
-
-
-class AuditSink(Protocol):
-    """Takes events that are written later, in batches (access and auth failures).
-
-    ``healthy`` is false while events cannot be persisted; the gateway then refuses
-    calls (fail closed) rather than let access go unrecorded.
-    """
-
-    @property
-    def healthy(self) -> bool: ...
-
-    def submit(self, event: NewEvent) -> None:
-        """Queue ``event``, waiting while the queue is full."""
-
-    def try_submit(self, event: NewEvent) -> bool:
-        """Queue ``event`` if there is room now; never waits."""
 
 
 @dataclass
