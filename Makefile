@@ -29,6 +29,7 @@ test: lint
 
 bench: install
 	$(VENV)/bin/python bench/gateway.py
+	$(VENV)/bin/python bench/workers.py
 	$(VENV)/bin/python bench/deployments.py
 	$(VENV)/bin/python bench/scale.py
 	$(VENV)/bin/python bench/streaming.py
