@@ -3,7 +3,10 @@
 Everything of the main process runs on one uvloop event loop: the control plane under
 uvicorn, the gateway as an aiohttp server, the demo upstream, and the periodic jobs
 (grant and pending expiry, audit checkpoints, notification delivery and expiry warnings,
-the gateway's resync). The blocking database work of those jobs runs in threads. Where
+the gateway's resync). The blocking database work of those jobs runs in threads. On
+PostgreSQL each job (but the gateway's resync and the policy watch, which every process
+needs) runs only in the control process that holds its advisory lock
+(:mod:`jitgate.storage.locks`), so several ``serve control`` processes share them. Where
 the control plane runs, SIGHUP and a change of the policy file reload the policy
 (:mod:`jitgate.services.policy`). With more than one gateway worker (``--workers N``),
 the gateway runs in N worker processes instead (:mod:`jitgate.workers`), and the main
@@ -36,6 +39,7 @@ from jitgate.services import access, audit, grants
 from jitgate.services.context import Context
 from jitgate.services.policy import PolicyWatcher, Trigger, reload_in_background
 from jitgate.serving import bind, every, serve_aiohttp, split_listen, start_gateway, wait_for_signal
+from jitgate.storage.locks import JobLocks, exclusive, job_locks
 from jitgate.wiring import Runtime, build
 from jitgate.workers import WorkerPool
 
@@ -106,6 +110,7 @@ async def _run(
     runners: list[web.ServerRunner] = []
     tasks: list[asyncio.Task[None]] = []
     pool: WorkerPool | None = None
+    locks: JobLocks | None = None
     tokens = None
     try:
         if demo:
@@ -115,10 +120,9 @@ async def _run(
             runners.append(await serve_aiohttp(create_upstream(secret), sockets["demo"]))
         if gateway:
             pool = await _start_gateway(rt, sockets["gateway"], workers, table, runners, tasks)
-        jobs: list[tuple[float, Callable[[], object], str]] = []
         if control:
             ctx = rt.ctx
-            jobs = [
+            jobs: list[tuple[float, Callable[[], object], str]] = [
                 (1.0, lambda: grants.expire_grants(ctx), "expire-grants"),
                 (5.0, lambda: grants.revoke_idle(ctx), "revoke-idle-grants"),
                 (5.0, lambda: access.expire_pending(ctx), "expire-pending"),
@@ -129,7 +133,13 @@ async def _run(
                 ),
                 *(rt.notifier.jobs() if rt.notifier is not None else ()),
             ]
-        tasks.extend(asyncio.create_task(every(s, j, n)) for s, j, n in jobs)
+            # Each runs in one process at a time, the one holding its lock (on PostgreSQL;
+            # on SQLite, in this one): see jitgate.storage.locks.
+            locks = job_locks(rt.store.engine)
+            tasks.extend(
+                asyncio.create_task(every(s, exclusive(locks, n, j), n)) for s, j, n in jobs
+            )
+        # Not behind a lock: every control process reloads its own policy file.
         if control and rt.ctx.policy_file is not None:
             watcher = PolicyWatcher(rt.ctx, rt.ctx.policy_file)
             tasks.append(asyncio.create_task(every(1.0, watcher.poll, "policy-watch")))
@@ -163,6 +173,8 @@ async def _run(
     finally:
         for task in tasks:
             task.cancel()
+        if locks is not None:  # the jobs pass to other processes at once
+            await asyncio.to_thread(locks.close)
         if pool is not None:
             await pool.stop()
         for runner in runners:

@@ -25,9 +25,21 @@ Process model:
   readable once the parent is gone for any reason (SIGKILL included), and then stops.
   Each has a process group of its own, so that Ctrl-C (or a signal to the group) reaches
   the main process alone, which stops the workers itself.
-* A worker that dies after it was serving is replaced at once, and the death is logged
-  as an error. A worker that cannot start (at start-up, or as a replacement) fails the
-  whole process loudly: a start-up failure would only repeat.
+* A worker that dies after it was serving is replaced, and the death is logged as an
+  error (one line, with the delay if there is one). A crash loop must not spin, spawning
+  an interpreter and opening database connections as fast as it can: per worker slot,
+  a worker that dies less than ``Backoff.quick`` (30 s) after it was serving is a quick
+  death, and its replacement waits ``Backoff.first`` (1 s), doubling with each quick
+  death in a row up to ``Backoff.cap`` (30 s); a worker that served longer is replaced
+  at once and clears its slot's count. While a slot waits, the other workers serve (the
+  kernel only spreads connections over listening sockets). When every slot has died
+  quickly ``Backoff.give_up`` (5) times in a row, none serving longer since, the gateway
+  is down for good: the pool fails (:attr:`WorkerPool.failed`) as a start-up failure
+  does, so that the process exits and its supervisor (systemd, Kubernetes) sees it,
+  restarts it with its own back-off and alerts, where a process that stays up serving
+  nothing would look healthy to it. One slot in a loop retries for as long as it takes.
+* A worker that cannot start (at start-up, or as a replacement) fails the whole process
+  loudly: a start-up failure would only repeat.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 
+from jitgate.clock import Clock, SystemClock
 from jitgate.config import Settings
 from jitgate.errors import JitgateError
 from jitgate.gateway.revocations import RevocationTable, TableHandle
@@ -69,6 +82,46 @@ class WorkerFailed(JitgateError):  # noqa: N818 - reads as the problem it names
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long a dead worker's replacement waits, so that a crash loop does not spin."""
+
+    quick: float = 30.0  # seconds: a worker that served less than this died quickly
+    first: float = 1.0  # seconds to wait after the first quick death in a row
+    cap: float = 30.0  # the longest wait
+    give_up: int = 5  # every slot died quickly this many times in a row: the pool fails
+
+    def delay(self, streak: int) -> float:
+        """The wait before a replacement, after ``streak`` quick deaths in a row."""
+        if streak <= 0:
+            return 0.0
+        return min(self.first * 2.0 ** min(streak - 1, 64), self.cap)  # 2**1024 overflows
+
+
+CRASH_BACKOFF = Backoff()
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker slot's record: since when its worker serves, and its quick deaths in a
+    row (a worker that served ``quick`` seconds or more clears them when it dies)."""
+
+    serving_since: float | None = None  # the clock's monotonic time; None when none serves
+    streak: int = 0
+
+    def died(self, now: float, backoff: Backoff) -> float:
+        """Note its worker's death; how long it had served."""
+        served = now - self.serving_since if self.serving_since is not None else 0.0
+        self.serving_since = None
+        self.streak = self.streak + 1 if served < backoff.quick else 0
+        return served
+
+    def looping(self, now: float, backoff: Backoff) -> bool:
+        """Died quickly ``give_up`` times in a row, with no worker serving long since."""
+        serving_long = self.serving_since is not None and now - self.serving_since >= backoff.quick
+        return self.streak >= backoff.give_up and not serving_long
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """What a worker is started with (it crosses the spawn, so it is picklable)."""
 
@@ -84,15 +137,27 @@ class WorkerSpec:
 
 
 class WorkerPool:
-    """Starts ``count`` workers, replaces those that die, stops them all; owns the usage
-    table they share."""
+    """Starts ``count`` workers, replaces those that die (after a back-off when they die
+    soon after they started serving), stops them all; owns the usage table they share.
+    ``failed`` holds why the pool gave up, if it does; ``clock`` times how long each
+    worker served."""
 
     def __init__(
-        self, settings: Settings, address: tuple[str, int], table: TableHandle | None, count: int
+        self,
+        settings: Settings,
+        address: tuple[str, int],
+        table: TableHandle | None,
+        count: int,
+        *,
+        backoff: Backoff = CRASH_BACKOFF,
+        clock: Clock | None = None,
     ) -> None:
         self._usage = SharedUsageMeter.create()
         handle = self._usage.handle
         self._specs = [WorkerSpec(settings, *address, table, i, handle) for i in range(count)]
+        self._backoff = backoff
+        self._clock = clock or SystemClock()
+        self._slots = [_Slot() for _ in range(count)]
         self._procs: dict[int, BaseProcess] = {}
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,6 +200,7 @@ class WorkerPool:
                 f"gateway worker {spec.index} {state} before it was serving (its log says why)"
             )
         log.info("gateway worker %d is serving (pid %d)", spec.index, proc.pid)
+        self._slots[spec.index].serving_since = self._clock.monotonic()
         asyncio.get_running_loop().add_reader(proc.sentinel, self._exited, spec, proc)
 
     def _exited(self, spec: WorkerSpec, proc: BaseProcess) -> None:
@@ -146,25 +212,67 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _replace(self, spec: WorkerSpec, proc: BaseProcess) -> None:
+        slot = self._slots[spec.index]
+        served = slot.died(self._clock.monotonic(), self._backoff)
         # The sentinel can be readable a moment before the exit status is: wait for it,
         # off the event loop (a process that somehow lives on is killed).
         await asyncio.to_thread(proc.join, STOP_TIMEOUT)
         if proc.is_alive():
             proc.kill()
             await asyncio.to_thread(proc.join, STOP_TIMEOUT)
-        log.error(
-            "gateway worker %d (pid %d) exited with code %s; starting another",
-            spec.index,
-            proc.pid,
-            proc.exitcode,
-        )
+        pid, code = proc.pid, proc.exitcode
         with contextlib.suppress(ValueError):  # still running after SIGKILL: leave it be
             proc.close()
+        if self._procs.get(spec.index) is proc:
+            del self._procs[spec.index]
+        now = self._clock.monotonic()
+        if all(other.looping(now, self._backoff) for other in self._slots):
+            log.error(
+                "gateway worker %d (pid %d) exited with code %s %.1f s after it was serving;"
+                " every worker has now died within %g s of serving %d times in a row",
+                spec.index,
+                pid,
+                code,
+                served,
+                self._backoff.quick,
+                self._backoff.give_up,
+            )
+            self._fail(
+                WorkerFailed(
+                    f"every gateway worker died within {self._backoff.quick:g} s of serving,"
+                    f" {self._backoff.give_up} times in a row (their log says why)"
+                )
+            )
+            return
+        delay = self._backoff.delay(slot.streak)
+        if delay:
+            log.error(
+                "gateway worker %d (pid %d) exited with code %s; starting another in %g s"
+                " (it served %.1f s; %d in a row served under %g s)",
+                spec.index,
+                pid,
+                code,
+                delay,
+                served,
+                slot.streak,
+                self._backoff.quick,
+            )
+            await asyncio.sleep(delay)  # cancelled by stop()
+        else:
+            log.error(
+                "gateway worker %d (pid %d) exited with code %s; starting another",
+                spec.index,
+                pid,
+                code,
+            )
         try:
             await self._start(spec)
         except Exception as exc:
-            if not self.failed.done():
-                self.failed.set_exception(exc)
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.failed.done():
+            self.failed.set_exception(exc)
 
     async def stop(self) -> None:
         """SIGTERM to every worker (they finish their audit batches), SIGKILL after

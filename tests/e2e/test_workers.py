@@ -3,8 +3,9 @@
 A revocation is in force in every worker when the revoke call returns (calls on many
 connections, spread by the kernel over both workers, are watched across the revoke);
 API changes reach every worker; a dead worker is replaced; workers die with the main
-process. Which worker holds a connection is read from ``/proc`` (Linux), so the product
-needs no test hook.
+process; a worker killed again and again as soon as it serves is replaced later each
+time, and the main process stops at once while it waits. Which worker holds a connection
+is read from ``/proc`` (Linux), so the product needs no test hook.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -211,3 +213,46 @@ def test_workers_die_with_the_main_process(instance: Instance) -> None:
     left = {p for p in workers if alive(p)}
     assert len(workers) == 2
     assert not left, f"workers {left} outlived the main process"
+
+
+def serving(server: Server, slot: int) -> list[int]:
+    """The pids that said they serve in worker slot ``slot``, oldest first."""
+    return [
+        int(p)
+        for p in re.findall(rf"gateway worker {slot} is serving \(pid (\d+)\)", server.text())
+    ]
+
+
+def test_a_worker_in_a_crash_loop_is_replaced_later_each_time_and_stop_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    """Its own instance: the module's has had workers killed (the back-off is per slot)."""
+    server = Server(tmp_path / "state", None, args=("--workers", "2"))
+    server.start()
+    try:
+        [other] = serving(server, 1)
+        for n, delay in enumerate([1, 2, 4]):  # every worker of slot 0 served under 30 s
+            deadline = time.monotonic() + 30
+            while len(serving(server, 0)) <= n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            victim = serving(server, 0)[n]
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            said = f"(pid {victim}) exited with code -9; starting another in {delay} s"
+            while said not in server.text() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert said in server.text(), server.text()[-2000:]
+            # The other worker serves all the while.
+            assert httpx.get(f"{server.gateway_url}/healthz", timeout=10).status_code == 200
+            if n < 2:
+                while len(serving(server, 0)) <= n + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert time.monotonic() - killed >= delay
+        began = time.monotonic()  # slot 0 waits 4 s for its next worker: stop now
+        assert server.stop() == 0
+        assert time.monotonic() - began < 3
+        assert len(serving(server, 0)) == 3, "no worker was started after the stop"
+        assert not alive(other)
+        assert "Traceback" not in server.text()
+    finally:
+        server.stop()

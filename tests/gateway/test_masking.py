@@ -3,14 +3,19 @@
 A small upstream on loopback answers what each test puts in its table (status, media
 type, body), reflecting the credential it received so that secret scrubbing is checked
 on masked bodies too (the harness checks every reply for every spelling of the secret).
+JSON is masked whatever media type it is sent as (told by its first bytes); what does not
+start like JSON streams byte for byte, in bounded memory; what starts like JSON but is not
+is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +27,9 @@ from jitgate.audit.events import EventType
 from jitgate.domain.masks import MASK, apply_masks, parse_mask, parse_masks
 from jitgate.domain.models import Api, Injection, InjectionKind
 from jitgate.errors import ConfigError, InvalidInput
+from jitgate.gateway.app import create_gateway_server
+from jitgate.gateway.masking import SNIFF_LIMIT
+from jitgate.gateway.proxy import Proxy
 from jitgate.policy import parse_policy
 from jitgate.secrets import Secret
 from jitgate.services import audit, directory
@@ -33,6 +41,23 @@ pytestmark = pytest.mark.anyio
 API_MASKS = ("$.card.number", "$.items[*].ssn", "$..note")
 KEY = "mk_masking_key_0123456789"
 CARD = {"card": {"number": "4111111111111111", "exp": "12/30"}, "name": "Ada"}
+
+
+BIG_LINE = b"[INFO] a line of a large download that is not JSON\n"
+BIG_FIRST = 1 << 20  # bytes the upstream sends before it waits for the caller
+BIG_SIZE = 5 << 20
+
+
+class _Untyped(web.Response):
+    """An answer with no ``Content-Type`` at all (aiohttp would add one)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Content-Type", None)
+
+
+def big_body() -> bytes:
+    return (BIG_LINE * (BIG_SIZE // len(BIG_LINE) + 1))[:BIG_SIZE]
 
 
 @dataclass
@@ -64,6 +89,25 @@ class TableUpstream:
                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
                 )
             return web.Response(body=data, content_type="application/json")
+        if name == "big-text":  # 5 MiB; the rest only once the caller got the first MiB
+            body = big_body()
+            response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[:BIG_FIRST])
+            await self.release.wait()
+            for at in range(BIG_FIRST, len(body), 256 * 1024):
+                await response.write(body[at : at + 256 * 1024])
+            await response.write_eof()
+            return response
+        if name == "stall-blank" or name == "long-blank":  # whitespace, then it waits
+            response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(b" \n" if name == "stall-blank" else b" " * (SNIFF_LIMIT + 10))
+            await self.release.wait()
+            await response.write_eof(b"hello")
+            return response
         if name == "chunked-big" or name == "slow-text":
             kind = "application/json" if name == "chunked-big" else "text/plain"
             response = web.StreamResponse(headers={"Content-Type": kind})
@@ -83,7 +127,8 @@ class TableUpstream:
         headers = {**answer.headers}
         if answer.content_type is not None:
             headers["Content-Type"] = answer.content_type
-        return web.Response(
+        kind = web.Response if answer.content_type is not None else _Untyped
+        return kind(
             status=answer.status,
             body=answer.body.replace(b"{key}", received.encode()),
             headers=headers,
@@ -175,13 +220,100 @@ async def test_a_foreign_charset_is_decoded_and_answered_as_utf8(
     assert reply.json() == {"card": {"number": MASK}, "city": "Köln"}
 
 
+# JSON under another media type: told by its first bytes, masked --------------------------
+
+CARD_BYTES = json.dumps(CARD).encode()
+MASKED_BYTES = json.dumps(MASKED_CARD, separators=(",", ":")).encode()
+NOTE = b'[{"note": "x", "n": 1}]'
+MASKED_NOTE = b'[{"note":"****","n":1}]'
+ANGULAR = b")]}',\n"
+SNIFFED = [
+    # (name, answer, the exact body expected, how many masked)
+    ("text-plain", Answer(CARD_BYTES, "text/plain"), MASKED_BYTES, 1),
+    ("text-html", Answer(CARD_BYTES, "text/html; charset=utf-8"), MASKED_BYTES, 1),
+    ("text-json", Answer(CARD_BYTES, "text/json"), MASKED_BYTES, 1),
+    ("json-lookalike", Answer(CARD_BYTES, "application/jsonx"), MASKED_BYTES, 1),
+    ("octet-stream", Answer(CARD_BYTES, "application/octet-stream"), MASKED_BYTES, 1),
+    ("javascript", Answer(CARD_BYTES, "application/javascript"), MASKED_BYTES, 1),
+    ("no-content-type", Answer(CARD_BYTES, None), MASKED_BYTES, 1),
+    ("error-page", Answer(CARD_BYTES, "text/html", 500), MASKED_BYTES, 1),
+    ("bom", Answer(b"\xef\xbb\xbf" + CARD_BYTES, "text/plain"), MASKED_BYTES, 1),
+    (
+        "bom-utf8",
+        Answer(b"\xef\xbb\xbf" + CARD_BYTES, "text/plain; charset=utf-8"),
+        MASKED_BYTES,
+        1,
+    ),
+    ("whitespace", Answer(b" \r\n\t\n " + CARD_BYTES + b"\n", "text/plain"), MASKED_BYTES, 1),
+    ("array", Answer(NOTE, "text/plain"), MASKED_NOTE, 1),
+    ("array-spaced", Answer(b"[\n  " + NOTE[1:], "text/plain"), MASKED_NOTE, 1),
+    ("utf16", Answer(json.dumps(CARD).encode("utf-16"), "text/plain"), MASKED_BYTES, 1),
+    ("utf16le-no-bom", Answer(json.dumps(CARD).encode("utf-16-le"), None), MASKED_BYTES, 1),
+    ("xssi-angular", Answer(ANGULAR + CARD_BYTES, "text/plain"), ANGULAR + MASKED_BYTES, 1),
+    ("xssi-google", Answer(b")]}'\n" + CARD_BYTES, "text/html"), b")]}'\n" + MASKED_BYTES, 1),
+    ("xssi-declared", Answer(ANGULAR + CARD_BYTES), ANGULAR + MASKED_BYTES, 1),
+    ("for-loop", Answer(b"for (;;);" + NOTE, "text/javascript"), b"for (;;);" + MASKED_NOTE, 1),
+    ("while-1", Answer(b"while(1);\n" + CARD_BYTES, None), b"while(1);\n" + MASKED_BYTES, 1),
+    ("bom-declared-json", Answer(b"\xef\xbb\xbf" + CARD_BYTES, UTF8), MASKED_BYTES, 1),
+    (
+        "secret-echoed",
+        Answer(b'{"card": {"number": "1"}, "debug": "got {key}"}', "text/plain"),
+        json.dumps(ECHOED, separators=(",", ":")).encode(),
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "expected", "count"), SNIFFED, ids=[m[0] for m in SNIFFED]
+)
+async def test_json_under_another_media_type_is_masked(
+    gw: Harness, up: TableUpstream, name: str, answer: Answer, expected: bytes, count: int
+) -> None:
+    up.answers[name] = answer
+    reply = await gw.call("GET", f"/masked/{name}", gw.issue(api="masked").token)
+    assert reply.status == answer.status, reply.body
+    assert reply.body == expected
+    assert b"4111" not in reply.body
+    assert int(reply.headers["Content-Length"]) == len(reply.body)
+    # the declared type is kept (aiohttp labels an untyped body application/octet-stream)
+    declared = answer.content_type or "application/octet-stream"
+    assert reply.headers["Content-Type"] == declared
+    data = allowed(gw)
+    assert (data["status"], data["masked"]) == (answer.status, count)
+    assert "error" not in data
+
+
+async def test_a_sniffed_answer_in_a_foreign_charset_is_answered_as_utf8(
+    gw: Harness, up: TableUpstream
+) -> None:
+    body = '{"card": {"number": "1"}, "city": "Köln"}'.encode("latin-1")
+    up.answers["latin-text"] = Answer(body, "text/plain; charset=ISO-8859-1")
+    reply = await gw.call("GET", "/masked/latin-text", gw.issue(api="masked").token)
+    assert reply.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert reply.json() == {"card": {"number": MASK}, "city": "Köln"}
+    assert allowed(gw)["masked"] == 1
+
+
+# what does not start like JSON streams, byte for byte -----------------------------------
+
 UNTOUCHED = [
-    ("text-plain", Answer(b'{"card": {"number": "4111"}}', "text/plain")),
-    ("json-lookalike", Answer(b'{"card": {"number": "4111"}}', "application/jsonx")),
-    ("text-json", Answer(b'{"card": {"number": "4111"}}', "text/json")),
     ("octets", Answer(b"\x00\x01 card.number", "application/octet-stream")),
+    ("log-line", Answer(b'[INFO] {"card": {"number": "4111"}}\n', "text/plain")),
+    ("ini", Answer(b"[section]\nnumber = 4111\n", "text/plain")),
+    ("html", Answer(b'\n\n  <!doctype html><pre>{"card": 1}</pre>', "text/html")),
+    ("csv", Answer(b"number,exp\n4111,12/30\n", "text/csv")),
+    ("xssi-then-text", Answer(b")]}'\nnot json", "text/plain")),
+    ("for-word", Answer(b"for real: {}", "text/plain")),
+    ("whitespace-only", Answer(b"  \r\n\t ", "text/plain")),
+    ("empty", Answer(b"", "text/plain")),
+    ("empty-no-type", Answer(b"", None, 201)),
+    ("untyped-text", Answer(b"created", None, 201)),
+    ("scalar", Answer(b'"4111111111111111"', "text/plain")),  # masks select in containers
+    ("jsonp-not-covered", Answer(b'cb({"card": {"number": "4111"}});', "text/javascript")),
+    ("utf16-text", Answer("plain words".encode("utf-16"), "text/plain; charset=utf-16")),
     ("no-content", Answer(b"", "application/json", 204)),
-    ("not-modified", Answer(b"", "application/json", 304)),
+    ("not-modified", Answer(b"", "text/plain", 304)),
 ]
 
 
@@ -193,15 +325,59 @@ async def test_other_answers_pass_untouched(
     reply = await gw.call("GET", f"/masked/{name}", gw.issue(api="masked").token)
     assert reply.status == answer.status
     assert reply.body == answer.body
-    assert "masked" not in allowed(gw)
+    data = allowed(gw)
+    assert data["status"] == answer.status
+    assert "masked" not in data
+    assert "error" not in data
 
 
-async def test_head_is_not_masked(gw: Harness, up: TableUpstream) -> None:
-    up.answers["head"] = Answer(json.dumps(CARD).encode())
+@pytest.mark.parametrize("kind", ["application/json", "text/plain", None])
+async def test_head_is_not_masked(gw: Harness, up: TableUpstream, kind: str | None) -> None:
+    up.answers["head"] = Answer(CARD_BYTES, kind)
     reply = await gw.call("HEAD", "/masked/head", gw.issue(api="masked").token)
     assert reply.status == 200
     assert reply.body == b""
+    assert reply.headers["Content-Length"] == str(len(CARD_BYTES))
+    data = allowed(gw)
+    assert data["status"] == 200
+    assert "masked" not in data
+
+
+async def test_a_compressed_answer_that_is_not_json_streams_decoded(
+    gw: Harness, up: TableUpstream
+) -> None:
+    text = b"[INFO] plain text, compressed all the same " * 100
+    headers = {"Content-Encoding": "gzip"}
+    up.answers["gzip-text"] = Answer(gzip.compress(text), "text/plain", headers=headers)
+    reply = await gw.call("GET", "/masked/gzip-text", gw.issue(api="masked").token)
+    assert reply.status == 200
+    assert reply.body == text
+    assert "Content-Encoding" not in reply.headers
     assert "masked" not in allowed(gw)
+
+
+async def test_a_large_download_streams_without_being_held(gw: Harness, up: TableUpstream) -> None:
+    """5 MiB of text that starts with "[": the first MiB reaches the caller while the
+    upstream still holds the rest, and every byte arrives in order."""
+    gw.proxy.max_mask_body = 4096  # no limit of masking applies to it
+    token = gw.issue(api="masked").token
+    async with gw.session.get(
+        gw.url("/masked/big-text"), headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 200
+        received = bytearray()
+        while len(received) < BIG_FIRST:
+            chunk = await asyncio.wait_for(response.content.readany(), timeout=5)
+            assert chunk, "the answer ended early"
+            received += chunk
+        up.release.set()
+        received += await asyncio.wait_for(response.content.read(), timeout=10)
+    assert len(received) == BIG_SIZE
+    assert received == big_body()
+    data = allowed(gw)
+    assert data["status"] == 200
+    assert "masked" not in data
+    assert "error" not in data
 
 
 async def test_other_content_types_stream_without_buffering(gw: Harness, up: TableUpstream) -> None:
@@ -228,6 +404,39 @@ REFUSED = [
     ("too-large", Answer(b'{"pad": "' + b"x" * 5000 + b'"}'), "response-too-large-to-mask"),
     ("chunked-big", Answer(b""), "response-too-large-to-mask"),
     ("gzip-always", Answer(b""), "response-not-json"),
+    # not declared JSON, but starting like it: masked or refused, never streamed
+    ("broken-text", Answer(b'{"card": {"number": "4111"', "text/plain"), "response-not-json"),
+    ("python-repr", Answer(b"{'card': {'number': '4111'}}", "text/plain"), "response-not-json"),
+    ("nan-text", Answer(b'{"card": {"number": "4111"}, "n": NaN}', None), "response-not-json"),
+    (
+        "json-lines",
+        Answer(b'{"card": {"number": "4111"}}\n{"n": 1}\n', "application/x-ndjson"),
+        "response-not-json",
+    ),
+    ("lone-bracket", Answer(b"[", "text/plain"), "response-not-json"),
+    ("array-broken", Answer(b'[{"card": {"number": "4111"}}', "text/html"), "response-not-json"),
+    ("xssi-broken", Answer(b')]}\',\n{"card": 4111', "text/plain"), "response-not-json"),
+    ("partial-octets", Answer(b"4111111111111111", "text/plain", 206), "response-not-json"),
+    (
+        "gzip-text-json",
+        Answer(gzip.compress(CARD_BYTES), "text/plain", headers={"Content-Encoding": "gzip"}),
+        "response-not-json",
+    ),
+    (
+        "gzip-corrupt",
+        Answer(b"\x1f\x8b\x08\x00 not gzip at all", None, headers={"Content-Encoding": "gzip"}),
+        "response-not-json",
+    ),
+    (  # a coding the gateway cannot undo is refused as on any call
+        "br-text",
+        Answer(b"{}", "text/plain", headers={"Content-Encoding": "br"}),
+        "upstream-encoding-refused",
+    ),
+    (
+        "too-large-text",
+        Answer(b'{"pad": "' + b"x" * 5000 + b'"}', "text/plain"),
+        "response-too-large-to-mask",
+    ),
 ]
 
 
@@ -243,6 +452,51 @@ async def test_answers_that_cannot_be_masked_fail_closed(
     assert b"4111" not in reply.body
     data = allowed(gw)
     assert (data["status"], data["error"]) == (502, code)
+    assert "masked" not in data
+
+
+async def test_an_answer_undecided_for_the_sniff_limit_is_taken_as_json(
+    gw: Harness, up: TableUpstream
+) -> None:
+    """More than SNIFF_LIMIT bytes of whitespace, then the upstream waits: the gateway
+    does not wait to see what follows; it fails closed (here: too large to mask)."""
+    gw.proxy.max_mask_body = 4096
+    reply = await gw.call("GET", "/masked/long-blank", gw.issue(api="masked").token)
+    up.release.set()
+    assert (reply.status, reply.code) == (502, "response-too-large-to-mask")
+    data = allowed(gw)
+    assert (data["status"], data["error"]) == (502, "response-too-large-to-mask")
+    assert "masked" not in data
+
+
+@contextlib.asynccontextmanager
+async def impatient_gateway(gw: Harness, stall: float) -> AsyncIterator[int]:
+    """A second gateway on the same view and audit sink, whose upstream reads time out
+    after ``stall`` seconds."""
+    proxy = Proxy(gw.enforcer, gw.sink, gw.clock, connect_timeout=2.0, timeout=stall)
+    await proxy.start()
+    runner, port = await serve(create_gateway_server(proxy))
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+        await proxy.close()
+
+
+async def test_an_answer_that_stalls_before_it_tells_is_a_504(
+    gw: Harness, up: TableUpstream
+) -> None:
+    token = gw.issue(api="masked").token
+    async with impatient_gateway(gw, 0.3) as port:
+        url = f"http://127.0.0.1:{port}/masked/stall-blank"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with gw.session.get(url, headers=headers) as response:
+            assert response.status == 504
+            body = await response.json()
+        up.release.set()
+    assert body["code"] == "upstream-body-timeout"
+    data = allowed(gw)
+    assert (data["status"], data["error"]) == (504, "upstream-body-timeout")
     assert "masked" not in data
 
 

@@ -21,6 +21,7 @@ tests are skipped with a message, except under ``CI=true``, where that is a fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import re
@@ -250,7 +251,9 @@ def _nginx_binary() -> str | None:
     return found or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
-def _nginx_config(jg: Deployment, directory: Path, port: int) -> list[str]:
+def _nginx_config(
+    jg: Deployment, directory: Path, port: int, edit: Callable[[str], str] | None = None
+) -> list[str]:
     upstream = f"127.0.0.1:{jg.upstream_port}"  # both base URLs' HOST:PORT
     site = example(
         "nginx.conf",
@@ -263,26 +266,35 @@ def _nginx_config(jg: Deployment, directory: Path, port: int) -> list[str]:
             "MAPS_BASE_PATH": MAPS_BASE_PATH,
         },
     )
-    (directory / "jitgate.conf").write_text(site)
+    (directory / "jitgate.conf").write_text(edit(site) if edit else site)
     (directory / "nginx.conf").write_text(NGINX_MAIN.format(dir=directory))
     return ["-p", str(directory), "-c", str(directory / "nginx.conf"), "-e", "stderr"]
 
 
-@pytest.fixture
-async def nginx(jg: Deployment, tmp_path: Path) -> AsyncIterator[Deployment]:
-    """nginx with docs/integrations/nginx.conf in front of ``jg``."""
+@contextlib.asynccontextmanager
+async def running_nginx(
+    jg: Deployment, directory: Path, edit: Callable[[str], str] | None = None
+) -> AsyncIterator[Deployment]:
+    """nginx with docs/integrations/nginx.conf (changed by ``edit``, if given) before ``jg``."""
     binary = _nginx_binary()
     if binary is None:
         missing("nginx", "apt-get install nginx-light (or run .ci/run)")
     assert binary is not None
     port = free_port()
-    argv = [binary, *_nginx_config(jg, tmp_path, port)]
-    proc = await _launch(argv, tmp_path / "stderr.log", port, "nginx")
+    argv = [binary, *_nginx_config(jg, directory, port, edit)]
+    proc = await _launch(argv, directory / "stderr.log", port, "nginx")
     try:
-        logs = (tmp_path / "stderr.log", tmp_path / "error.log", tmp_path / "access.log")
+        logs = (directory / "stderr.log", directory / "error.log", directory / "access.log")
         yield replace(jg, port=port, logs=logs)
     finally:
         await _stop(proc)
+
+
+@pytest.fixture
+async def nginx(jg: Deployment, tmp_path: Path) -> AsyncIterator[Deployment]:
+    """nginx with docs/integrations/nginx.conf in front of ``jg``."""
+    async with running_nginx(jg, tmp_path) as front:
+        yield front
 
 
 def _envoy_binary() -> str | None:

@@ -24,6 +24,7 @@ from jitgate.domain.models import Api, Injection, InjectionKind
 from jitgate.errors import InvalidInput
 from jitgate.gateway.app import create_gateway_server
 from jitgate.gateway.authz import DecisionEndpoints
+from jitgate.gateway.bodies import MAX_FORM_SIZE
 from jitgate.secrets import Secret
 from jitgate.services import directory
 from tests.gateway.conftest import Reply, serve
@@ -33,10 +34,16 @@ pytestmark = pytest.mark.anyio
 
 
 async def ask(
-    jg: Deployment, path: str, headers: Mapping[str, str], *, method: str = "GET", port: int = 0
+    jg: Deployment,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    method: str = "GET",
+    port: int = 0,
+    data: bytes | None = None,
 ) -> Reply:
     url = URL(f"http://127.0.0.1:{port or jg.gateway_port}{path}", encoded=True)
-    async with jg.session.request(method, url, headers=headers) as answer:
+    async with jg.session.request(method, url, headers=headers, data=data) as answer:
         return Reply(answer.status, CIMultiDict(answer.headers), await answer.read())
 
 
@@ -132,6 +139,40 @@ async def test_envoy_refuses_query_credentials(jg: Deployment) -> None:
     issued = jg.issue(["GET /v1/**"], api="maps")
     reply = await ask(jg, "/authz/envoy/maps/v1/x", {"Authorization": f"Bearer {issued.token}"})
     jg.assert_denied(reply, 501, "injection-unsupported", api="maps")
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def test_envoy_refuses_a_form_body_it_cannot_see_whole(jg: Deployment) -> None:
+    issued = jg.issue(["POST /v1/**"], api="payments")
+    auth = {"Authorization": f"Bearer {issued.token}"}
+    path = "/authz/envoy/payments/v1/x"
+    # Envoy cut the body short (allow_partial_message: true): what follows is unknown.
+    partial = auth | FORM | {"x-envoy-auth-partial-body": "true"}
+    reply = await ask(jg, path, partial, method="POST", data=b"a=1")
+    jg.assert_denied(reply, 413, "body-too-large", api="payments")
+    assert "Authorization" not in reply.headers
+    # A form over the gateway's form limit is refused as the gateway refuses it.
+    big = b"a=" + b"x" * MAX_FORM_SIZE
+    reply = await ask(jg, path, auth | FORM, method="POST", data=big)
+    jg.assert_denied(reply, 413, "body-too-large", api="payments")
+    assert jg.last_event.data["via"] == "envoy"
+    # Whole, within the limit and without _method: allowed.
+    whole = auth | FORM | {"x-envoy-auth-partial-body": "false"}
+    reply = await ask(jg, path, whole, method="POST", data=b"a=1&method=DELETE")
+    assert reply.status == 200
+    assert reply.headers["Authorization"] == f"Bearer {jg.secrets['payments']}"
+
+
+async def test_only_envoys_check_carries_the_body(jg: Deployment) -> None:
+    # nginx and ForwardAuth never send the caller's body; whatever comes with their check
+    # is not the caller's and is not read as a form.
+    issued = jg.issue(["POST /v1/**"], api="payments")
+    nginx = nginx_headers("POST", "/payments/v1/x", issued.token) | FORM
+    reply = await ask(jg, "/authz/nginx", nginx, method="POST", data=b"_method=DELETE")
+    assert reply.status == 200
+    assert jg.last_event.type is EventType.ACCESS_ALLOWED
 
 
 async def test_an_allow_is_refused_while_the_audit_cannot_record_it(jg: Deployment) -> None:

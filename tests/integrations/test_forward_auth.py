@@ -166,3 +166,22 @@ async def test_query_parameter_injection_is_refused(traefik: ForwardAuth) -> Non
     async with jg.session.get(URL(traefik.address), headers=headers) as answer:
         reply = Reply(answer.status, CIMultiDict(answer.headers), await answer.read())
     jg.assert_denied(reply, 501, "injection-unsupported", api="maps")
+
+
+async def test_a_method_override_in_a_form_body_passes_unseen(traefik: ForwardAuth) -> None:
+    # The documented gap: ForwardAuth sends headers only, so jitgate allows the POST and
+    # the upstream gets the form with its _method field (the gateway refuses it).
+    jg = traefik.jg
+    issued = jg.issue(["POST /v1/charges"], api="payments")
+    form = [("Content-Type", "application/x-www-form-urlencoded")]
+    body = b"a=1&_method=DELETE"
+    reply = await traefik.call("POST", "/payments/v1/charges", issued.token, form, body)
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    assert (echo["method"], echo["body_length"]) == ("POST", len(body))
+    (event,) = jg.events(EventType.ACCESS_ALLOWED)
+    assert (event.data["method"], event.data["via"]) == ("POST", "forward")
+
+    built_in = direct(jg)
+    reply = await built_in.raw_request("POST", "/payments/v1/charges", issued.token, form, body)
+    built_in.assert_denied(reply, 400, "method-override", hits_before=1, api="payments")

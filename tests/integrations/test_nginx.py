@@ -5,13 +5,32 @@ Hostile targets go over a raw socket so that no client library normalises them f
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
 from jitgate.audit.events import EventType
 from jitgate.services import grants
-from tests.integrations.conftest import Deployment, direct, headers_seen
+from tests.integrations.conftest import Deployment, direct, headers_seen, running_nginx
 
 pytestmark = pytest.mark.anyio
+
+FORM = ("Content-Type", "application/x-www-form-urlencoded")
+FORM_REFUSAL = "if ($jitgate_form_post) { return 415; }"
+
+
+def refusing_forms(site: str) -> str:
+    """nginx.conf with the form refusal of API "payments" uncommented, as documented."""
+    assert site.count(f"# {FORM_REFUSAL}") == 1
+    return site.replace(f"# {FORM_REFUSAL}", FORM_REFUSAL)
+
+
+@pytest.fixture
+async def nginx_refusing_forms(jg: Deployment, tmp_path: Path) -> AsyncIterator[Deployment]:
+    async with running_nginx(jg, tmp_path, refusing_forms) as front:
+        yield front
 
 
 async def test_allowed_call_reaches_upstream_with_credential_not_token(nginx: Deployment) -> None:
@@ -163,3 +182,75 @@ async def test_no_secret_in_nginx_logs_or_audit(nginx: Deployment) -> None:
         nginx.assert_no_secret_in(log.read_text(errors="replace"))
     assert len(nginx.sink.events) == 3
     nginx.assert_no_secret_in(repr(nginx.sink.events))
+
+
+async def test_a_method_override_in_a_form_body_passes_unseen(nginx: Deployment) -> None:
+    # The documented gap: auth_request carries no body, so jitgate allows the POST and
+    # the upstream gets the form with its _method field (the gateway refuses it).
+    issued = nginx.issue(["POST /v1/charges"], api="payments")
+    body = b"a=1&_method=DELETE"
+    reply = await nginx.raw_request("POST", "/payments/v1/charges", issued.token, [FORM], body)
+    assert reply.status == 200, reply.body
+    echo = reply.json()
+    assert (echo["method"], echo["body_sha256"]) == ("POST", hashlib.sha256(body).hexdigest())
+    (event,) = nginx.events(EventType.ACCESS_ALLOWED)
+    assert (event.data["method"], event.data["via"]) == ("POST", "nginx")
+
+    built_in = direct(nginx)
+    reply = await built_in.raw_request("POST", "/payments/v1/charges", issued.token, [FORM], body)
+    built_in.assert_denied(reply, 400, "method-override", hits_before=1, api="payments")
+
+
+FORM_POSTS = [
+    [FORM],
+    [("Content-Type", "Application/X-WWW-Form-Urlencoded; charset=utf-8")],
+    [("Content-Type", "multipart/form-data; boundary=b")],
+    [],  # an untyped body: Rack reads it as a form
+]
+
+
+@pytest.mark.parametrize("headers", FORM_POSTS)
+async def test_the_documented_form_refusal_keeps_form_posts_away(
+    nginx_refusing_forms: Deployment, headers: list[tuple[str, str]]
+) -> None:
+    front = nginx_refusing_forms
+    issued = front.issue(["POST /v1/**"], api="payments")
+    reply = await front.raw_request("POST", "/payments/v1/x", issued.token, headers, b"_method=x")
+    assert reply.status == 415  # nginx's own answer, before jitgate is asked
+    assert front.hits == []
+    assert front.sink.events == []
+
+
+async def test_the_documented_form_refusal_sees_chunked_untyped_bodies(
+    nginx_refusing_forms: Deployment,
+) -> None:
+    front = nginx_refusing_forms
+    issued = front.issue(["POST /v1/**"], api="payments")
+    head = (
+        f"POST /payments/v1/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {issued.token}\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    reply = await front.raw(head.encode() + b"e\r\n_method=DELETE\r\n0\r\n\r\n")
+    assert reply.status == 415
+    assert front.hits == []
+
+
+async def test_the_documented_form_refusal_lets_other_calls_through(
+    nginx_refusing_forms: Deployment,
+) -> None:
+    front = nginx_refusing_forms
+    issued = front.issue(["GET,POST,PUT /v1/**"], api="payments")
+    json = [("Content-Type", "application/json")]
+    calls = [
+        ("POST", json, b'{"_method": "DELETE"}'),  # not a form
+        ("POST", [], b""),  # no body at all
+        ("POST", [("Content-Length", "0")], b""),
+        ("PUT", [FORM], b"a=1"),  # frameworks override the method of a POST only
+        ("GET", [], b""),
+    ]
+    for method, headers, body in calls:
+        reply = await front.raw_request(method, "/payments/v1/x", issued.token, headers, body)
+        assert reply.status == 200, (method, headers, reply.body)
+        assert reply.json()["method"] == method
+    assert len(front.hits) == len(front.events(EventType.ACCESS_ALLOWED)) == len(calls)

@@ -17,6 +17,11 @@ Guarantees:
   path that was checked rather than its own decoding of it. Envoy and ForwardAuth cannot
   rewrite the query: APIs with query-parameter injection are refused there
   (501 ``injection-unsupported``).
+* Envoy sends the caller's body with the check (``with_request_body``): a form body is
+  read and a ``_method`` field refused exactly as by the proxy (:mod:`jitgate.gateway.bodies`:
+  400 ``method-override``; 413 ``body-too-large`` past the form limit, or when Envoy sent
+  only part of it). nginx's and Traefik's checks carry no body: a ``_method`` form field
+  passes them unseen (see docs/integrations/README.md for the mitigations).
 * A denial is the gateway's problem answer. nginx's ``auth_request`` only tells 401 and
   403 from an error, so the nginx endpoint answers 401 or 403 and carries the gateway's
   status and problem in ``X-Jitgate-Status`` / ``X-Jitgate-Problem`` for nginx to relay.
@@ -38,6 +43,7 @@ from aiohttp import web
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import utc
+from jitgate.gateway.bodies import BodyLimitError, is_form, overrides_method, read_form
 from jitgate.gateway.enforce import Allow, Deny
 from jitgate.gateway.proxy import (
     ALLOWED,
@@ -58,6 +64,8 @@ TARGET_HEADER = "X-Jitgate-Target"
 STATUS_HEADER = "X-Jitgate-Status"
 PROBLEM_HEADER = "X-Jitgate-Problem"
 ENVOY_REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+# Set by Envoy when it buffered the body for the check: "true" if it cut the body short.
+ENVOY_PARTIAL_HEADER = "x-envoy-auth-partial-body"
 MAX_PEERS = 4096  # peer addresses whose allow_from answer is remembered
 
 
@@ -160,11 +168,33 @@ class DecisionEndpoints:
                     decision.upstream.api.name,
                     decision.token,
                 )
+            elif via is Via.ENVOY:
+                decision = await self._envoy_body(request, decision)
         if isinstance(decision, Deny):
             return await self._deny(via, method, target, decision, now)
         ALLOWED.inc()
         await self._record(allowed_event(decision, method, now, via=str(via)))
         return _allow_response(via, decision)
+
+    async def _envoy_body(self, request: web.BaseRequest, allow: Allow) -> Allow | Deny:
+        """The caller's body, which Envoy sent with the check, judged as the proxy judges it
+        once a call is allowed: a form is read whole and refused if it overrides the method."""
+        if not is_form(request):
+            return allow
+        api, token = allow.upstream.api.name, allow.token
+        if request.headers.get(ENVOY_PARTIAL_HEADER, "").lower() == "true":
+            detail = "only part of the form body was sent to be checked; it cannot be allowed"
+            return Deny(413, "body-too-large", detail, api, token)
+        try:
+            form = await read_form(
+                request.content, limit=self.proxy.max_body_size, stall=self.proxy.client_timeout
+            )
+        except BodyLimitError as exc:
+            return Deny(exc.status, exc.reason, exc.detail, api, token)
+        if overrides_method(form):
+            detail = "method-override headers and parameters are refused"
+            return Deny(400, "method-override", detail, api, token)
+        return allow
 
     async def _deny(
         self, via: Via, method: str, target: str, deny: Deny, now: float

@@ -6,7 +6,9 @@ reason is kept for the proxy to answer (413 / 408). A form body (``application/
 x-www-form-urlencoded``, or a declared body of at most :data:`MAX_FORM_SIZE` without a
 ``Content-Type``, which Rack also reads as a form) is read whole first, up to
 :data:`MAX_FORM_SIZE`, so that a ``_method`` field is refused before the upstream sees any
-of it (:func:`read_form`).
+of it (:func:`read_form`). :func:`is_form` and :func:`overrides_method` say which bodies
+are read so and which of them carry a method override; the decision endpoint for Envoy,
+which is sent the body it checks, judges them alike.
 
 The upstream's body is scrubbed while it streams back (:class:`Scrubber`): every
 spelling of the secret is overwritten by as many ``*``, so lengths (``Content-Length``,
@@ -30,9 +32,12 @@ import functools
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
-from aiohttp import StreamReader
+from aiohttp import StreamReader, web
+
+from jitgate.gateway.enforce import METHOD_OVERRIDE_PARAMS, query_keys
 
 MAX_FORM_SIZE = 1 << 20
+FORM_TYPE = "application/x-www-form-urlencoded"
 NO_BODY_STATUSES = frozenset({204, 304})
 DECODED_STEP = 64 * 1024
 # What no longer describes a body once its coding is undone.
@@ -97,6 +102,23 @@ async def read_form(content: StreamReader, *, limit: int, stall: float) -> bytes
         if len(data) > limit:
             raise too_large(limit)
     return bytes(data)
+
+
+def is_form(request: web.BaseRequest) -> bool:
+    """Whether ``request``'s body is read whole as a form (see the module docstring)."""
+    if not request.body_exists:
+        return False
+    if "Content-Type" not in request.headers:
+        # Rack reads a POST without a Content-Type as a form. Only a small declared body
+        # is read whole: large or chunked uploads without a type stream as they are.
+        length = request.content_length
+        return length is not None and length <= MAX_FORM_SIZE
+    return request.content_type.lower() == FORM_TYPE
+
+
+def overrides_method(form: bytes) -> bool:
+    """Whether a form body names a method-override field, read as a query string is."""
+    return not query_keys(form.decode("latin-1")).isdisjoint(METHOD_OVERRIDE_PARAMS)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,8 +13,8 @@ pooled; link-local and metadata addresses are refused at connect time
 answer's reason phrase and headers, and overwritten in its body; a body compressed all
 the same is decoded first, or refused if it cannot be (:mod:`jitgate.gateway.bodies`).
 ``Expect: 100-continue`` is answered here, and only once the call is allowed. A call with
-response masks has its JSON answer read, masked and scrubbed whole
-(:mod:`jitgate.gateway.masking`); every other answer streams.
+response masks has its JSON answer — declared, or told by its first bytes — read, masked
+and scrubbed whole (:mod:`jitgate.gateway.masking`); every other answer streams.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
@@ -43,25 +43,27 @@ from jitgate.domain.addresses import refused_address
 from jitgate.domain.masks import Mask
 from jitgate.gateway.bodies import (
     DECODED_DROPPED,
-    MAX_FORM_SIZE,
     BodyLimitError,
     Decoder,
     RequestBody,
     Scrubber,
     decoder_for,
     has_body,
+    is_form,
+    overrides_method,
     read_form,
     too_large,
 )
-from jitgate.gateway.enforce import METHOD_OVERRIDE_PARAMS, Allow, Deny, Enforcer, query_keys
+from jitgate.gateway.enforce import Allow, Deny, Enforcer
 from jitgate.gateway.masking import (
     MAX_MASK_BODY,
     MaskRefusedError,
-    applies,
+    inspect_answer,
     mask_request,
     masked_headers,
     masks_for,
     read_masked,
+    resume,
 )
 from jitgate.gateway.resolver import GuardedResolver, RefusedAddressError
 from jitgate.gateway.view import Upstream
@@ -90,7 +92,6 @@ HOP_BY_HOP = frozenset(
 INTERNAL_HEADERS = frozenset({"forwarded", "x-real-ip", "x-rewrite-url"})
 INTERNAL_PREFIXES = ("x-forwarded-", "x-original-", "x-jitgate-")
 _CHUNK = 64 * 1024
-_FORM_TYPE = "application/x-www-form-urlencoded"
 _literal_refusal = functools.lru_cache(maxsize=256)(refused_address)
 DECISIONS = Counter(
     "jitgate_gateway_decisions_total",
@@ -183,17 +184,6 @@ def _is_upgrade(request: web.BaseRequest) -> bool:
     """What HTTP parsers act on: ``Upgrade`` named in ``Connection`` (a lone ``Upgrade``
     header is only a hop-by-hop header, dropped like the others)."""
     return "upgrade" in request.headers and "upgrade" in _connection_named(request.headers)
-
-
-def _is_form(request: web.BaseRequest) -> bool:
-    if not request.body_exists:
-        return False
-    if "Content-Type" not in request.headers:
-        # Rack reads a POST without a Content-Type as a form. Only a small declared body
-        # is read whole: large or chunked uploads without a type stream as they are.
-        length = request.content_length
-        return length is not None and length <= MAX_FORM_SIZE
-    return request.content_type.lower() == _FORM_TYPE
 
 
 def problem_response(deny: Deny) -> web.Response:
@@ -305,7 +295,7 @@ class Proxy:
         if length is not None and length > self.max_body_size:
             refused = too_large(self.max_body_size)
             return _refused(allow, refused.status, refused.reason, refused.detail)
-        if not _is_form(request):
+        if not is_form(request):
             return None
         await _continue(request)
         try:
@@ -314,7 +304,7 @@ class Proxy:
             )
         except BodyLimitError as exc:
             return _refused(allow, exc.status, exc.reason, exc.detail)
-        if not query_keys(form.decode("latin-1")).isdisjoint(METHOD_OVERRIDE_PARAMS):
+        if overrides_method(form):
             detail = "method-override headers and parameters are refused"
             return _refused(allow, 400, "method-override", detail)
         return form
@@ -382,8 +372,12 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _upstream_failure(exc, body, upstream.api.name)
         async with upstream_response:
-            if masks and applies(request.method, upstream_response):
-                return await self._masked(upstream_response, upstream, masks)
+            head = b""  # the first bytes of the body, if read to tell whether to mask it
+            if masks:
+                masked = await self._masked(request.method, upstream_response, upstream, masks)
+                if not isinstance(masked, bytes):
+                    return masked
+                head = masked
             encoding = upstream_response.headers.get("Content-Encoding", "identity")
             decoder: Decoder | None = None
             if encoding.strip().lower() != "identity" and has_body(
@@ -393,7 +387,7 @@ class Proxy:
                 if decoder is None:
                     detail = f"the upstream's {encoding[:40]!r}-encoded answer cannot be scrubbed"
                     return _failed(502, "upstream-encoding-refused", detail)
-            return await self._stream(request, upstream_response, upstream, decoder, body)
+            return await self._stream(request, upstream_response, upstream, decoder, body, head)
 
     async def _stream(
         self,
@@ -402,8 +396,10 @@ class Proxy:
         upstream: Upstream,
         decoder: Decoder | None,
         body: RequestBody | bytes | None,
+        head: bytes = b"",
     ) -> tuple[web.StreamResponse, str | None, None]:
-        """The answer streamed back, decoded if ``decoder``, scrubbed of the secret."""
+        """The answer streamed back, decoded if ``decoder``, scrubbed of the secret
+        (``head``: its first bytes, already read)."""
         reason = upstream_response.reason
         response = web.StreamResponse(
             status=upstream_response.status,
@@ -415,7 +411,12 @@ class Proxy:
         scrubber = Scrubber(upstream.spellings)
         try:
             await response.prepare(request)
-            async for chunk in upstream_response.content.iter_chunked(_CHUNK):
+            chunks: AsyncIterable[bytes] = (
+                resume(head, upstream_response)
+                if head
+                else upstream_response.content.iter_chunked(_CHUNK)
+            )
+            async for chunk in chunks:
                 for piece in decoder.feed(chunk) if decoder else (chunk,):
                     if out := scrubber.feed(piece):
                         await response.write(out)
@@ -433,11 +434,20 @@ class Proxy:
         return response, refused.reason if refused else None, None
 
     async def _masked(
-        self, upstream_response: aiohttp.ClientResponse, upstream: Upstream, masks: tuple[Mask, ...]
-    ) -> tuple[web.StreamResponse, str | None, int | None]:
-        """A JSON answer read whole, masked and scrubbed; refused (502) if it cannot be."""
+        self,
+        method: str,
+        upstream_response: aiohttp.ClientResponse,
+        upstream: Upstream,
+        masks: tuple[Mask, ...],
+    ) -> tuple[web.StreamResponse, str | None, int | None] | bytes:
+        """A masked call's JSON answer read whole, masked and scrubbed; refused (502, 504)
+        if it cannot be; or, if the answer is not to be masked, the first bytes of its body
+        read to tell (:func:`jitgate.gateway.masking.inspect_answer`), for the streaming path."""
         try:
-            body, masked = await read_masked(upstream_response, masks, self.max_mask_body)
+            to_mask, head = await inspect_answer(method, upstream_response)
+            if not to_mask:
+                return head
+            body, masked = await read_masked(upstream_response, masks, self.max_mask_body, head)
         except MaskRefusedError as exc:
             log.warning("answer of %s not masked: %s", upstream.api.name, exc.reason)
             return _failed(502, exc.reason, exc.detail)
