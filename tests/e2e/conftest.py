@@ -67,7 +67,8 @@ def postgres_database(postgres_url: str, template: str | None = None) -> Iterato
 
 @dataclass
 class Server:
-    """One ``jitgate up --demo`` process; ``start`` returns once it said it is up."""
+    """One ``jitgate up --demo`` process (or what ``command`` says); ``start`` returns once
+    it said it is up."""
 
     state_dir: Path
     database_url: str | None
@@ -105,10 +106,17 @@ class Server:
             env["JITGATE_DATABASE_URL"] = self.database_url
         return env
 
+    def command(self) -> list[str]:
+        return [*JITGATE, "up", "--demo", *self.args]
+
+    def served(self) -> tuple[str, ...]:
+        """The base URLs whose ``/healthz`` must answer once it is up."""
+        return (self.control_url, self.gateway_url)
+
     def start(self) -> None:
         assert not self.running
         self.process = subprocess.Popen(
-            [*JITGATE, "up", "--demo", *self.args],
+            self.command(),
             env=self.environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -125,8 +133,9 @@ class Server:
             reader.start()
         if not up.wait(START_TIMEOUT) or not self.running:
             self.stop()
-            pytest.fail("jitgate up --demo did not start:\n" + "".join(self.output[-40:]))
-        for url in (self.control_url, self.gateway_url):
+            command = " ".join(["jitgate", *self.command()[len(JITGATE) :]])
+            pytest.fail(f"{command} did not start:\n" + "".join(self.output[-40:]))
+        for url in self.served():
             assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200, url
 
     def _read(self, stream: IO[str], up: threading.Event) -> None:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import base64
 import secrets
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import httpx
 import psycopg
 import pytest
 
-from tests.e2e.conftest import JITGATE, START_TIMEOUT, Server, postgres_database
+from tests.e2e.conftest import JITGATE, Server, postgres_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -38,28 +35,11 @@ class ControlServer(Server):
     def environment(self) -> dict[str, str]:
         return {**super().environment(), "JITGATE_MASTER_KEY": self.master_key}
 
-    def start(self) -> None:
-        assert not self.running
-        self.process = subprocess.Popen(
-            [*JITGATE, "serve", "control"],
-            env=self.environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        up = threading.Event()
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream, up), daemon=True)
-            for stream in (self.process.stdout, self.process.stderr)
-        ]
-        for reader in self._readers:
-            reader.start()
-        if not up.wait(START_TIMEOUT) or not self.running:
-            self.stop()
-            pytest.fail("jitgate serve control did not start:\n" + "".join(self.output[-40:]))
-        assert httpx.get(f"{self.control_url}/healthz", timeout=10).status_code == 200
+    def command(self) -> list[str]:
+        return [*JITGATE, "serve", "control"]
+
+    def served(self) -> tuple[str, ...]:
+        return (self.control_url,)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

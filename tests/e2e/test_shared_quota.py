@@ -148,12 +148,7 @@ def test_a_replaced_worker_does_not_reset_the_count(instance: Instance) -> None:
 
     victim = min(instance.workers())
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    serving: set[int] = set()
-    while time.monotonic() < deadline and len(serving) < 2:
-        text = instance.server.text()
-        serving = {p for p in instance.workers() if f"is serving (pid {p})" in text}
-        time.sleep(0.1)
+    serving = instance.serving()
     assert len(serving) == 2, serving
     assert victim not in serving
 

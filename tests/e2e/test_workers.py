@@ -60,6 +60,17 @@ class Instance:
         assert self.server.process is not None
         return spawned_children(self.server.process.pid)
 
+    def serving(self, count: int = 2, timeout: float = 30.0) -> set[int]:
+        """The workers that said they are serving, once ``count`` of them have (or at
+        ``timeout``: then fewer)."""
+        deadline = time.monotonic() + timeout
+        serving: set[int] = set()
+        while time.monotonic() < deadline and len(serving) < count:
+            text = self.server.text()
+            serving = {p for p in self.workers() if f"is serving (pid {p})" in text}
+            time.sleep(0.05)
+        return serving
+
 
 def holder(client_port: int, server_port: int, pids: set[int]) -> int | None:
     """The pid among ``pids`` holding the server end of a loopback TCP connection."""
@@ -170,12 +181,7 @@ def test_api_changes_reach_every_worker(
 def test_a_worker_that_dies_is_replaced(instance: Instance) -> None:
     victim = min(instance.workers())
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    serving: set[int] = set()
-    while time.monotonic() < deadline and len(serving) < 2:
-        text = instance.server.text()
-        serving = {p for p in instance.workers() if f"is serving (pid {p})" in text}
-        time.sleep(0.1)
+    serving = instance.serving()
     assert len(serving) == 2, serving
     assert victim not in serving
     assert instance.server.running
@@ -191,12 +197,7 @@ def test_workers_killed_one_after_another_are_each_replaced(instance: Instance) 
         victim = min(instance.workers() - killed)
         os.kill(victim, signal.SIGKILL)
         killed.add(victim)
-        deadline = time.monotonic() + 30
-        serving: set[int] = set()
-        while time.monotonic() < deadline and len(serving) < 2:
-            text = instance.server.text()
-            serving = {p for p in instance.workers() if f"is serving (pid {p})" in text}
-            time.sleep(0.05)
+        serving = instance.serving()
         assert len(serving) == 2, instance.server.text()[-2000:]
         assert not serving & killed
     assert "Traceback" not in instance.server.text()

@@ -45,14 +45,8 @@ from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import utc
 from jitgate.gateway.bodies import BodyLimitError, is_form, overrides_method, read_form
 from jitgate.gateway.enforce import Allow, Deny
-from jitgate.gateway.proxy import (
-    ALLOWED,
-    DECISIONS,
-    Proxy,
-    allowed_event,
-    problem_response,
-    upstream_query,
-)
+from jitgate.gateway.headers import upstream_query
+from jitgate.gateway.proxy import ALLOWED, DECISIONS, Proxy, allowed_event, problem_response
 from jitgate.problems import problem
 
 log = logging.getLogger(__name__)

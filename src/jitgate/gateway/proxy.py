@@ -2,10 +2,8 @@
 
 For each call: enforce (:mod:`jitgate.gateway.enforce`), then refuse what only a proxy
 must (protocol upgrades, a declared body over the limit, a ``_method`` form field); build
-the upstream request from the caller's — minus its credential, hop-by-hop headers (and
-those named in ``Connection``), ``Host``, the forwarding and path-override headers of
-:data:`INTERNAL_HEADERS` and any copy of the upstream credential header, and asking for
-``Accept-Encoding: identity`` — then inject the secret last, stream the body up
+the upstream request from the caller's (:mod:`jitgate.gateway.headers`: the credential
+injected last), stream the body up
 (:mod:`jitgate.gateway.bodies`: limited and timed) and the answer back, and audit the
 outcome. Upstream redirects are passed back, never followed; upstream connections are
 pooled; link-local and metadata addresses are refused at connect time
@@ -25,14 +23,12 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable
 from typing import Any
-from urllib.parse import quote, unquote_plus
 
 import aiohttp
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractResolver
-from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
 
@@ -55,6 +51,13 @@ from jitgate.gateway.bodies import (
     too_large,
 )
 from jitgate.gateway.enforce import Allow, Deny, Enforcer
+from jitgate.gateway.headers import (
+    is_upgrade,
+    response_headers,
+    scrub,
+    upstream_headers,
+    upstream_query,
+)
 from jitgate.gateway.masking import (
     MAX_MASK_BODY,
     MaskRefusedError,
@@ -71,26 +74,6 @@ from jitgate.problems import PROBLEM_CONTENT_TYPE, problem
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# What the caller must not tell the upstream: who the client is and which URL it asked
-# for are the gateway's to say (a spoofed X-Forwarded-For passes IP allow-lists), and
-# X-Original-URL / X-Rewrite-URL make some frameworks route to another path than the one
-# the scope was checked against. X-Jitgate-* is reserved for the gateway itself.
-INTERNAL_HEADERS = frozenset({"forwarded", "x-real-ip", "x-rewrite-url"})
-INTERNAL_PREFIXES = ("x-forwarded-", "x-original-", "x-jitgate-")
 _CHUNK = 64 * 1024
 _literal_refusal = functools.lru_cache(maxsize=256)(refused_address)
 DECISIONS = Counter(
@@ -101,89 +84,12 @@ DECISIONS = Counter(
 ALLOWED = DECISIONS.labels("allowed", "")
 
 
-# Never forwarded upstream, whatever the call ("expect" is answered by the gateway
-# itself, see _continue: forwarded, it makes the client library wait for an upstream
-# "100 Continue" that may never come).
-# "accept-encoding" is the gateway's to say: it must see the answer's bytes to scrub them.
-_NOT_FORWARDED = frozenset(
-    {"host", "authorization", "expect", "accept-encoding", *HOP_BY_HOP, *INTERNAL_HEADERS}
-)
-
-
-def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
-    """The header names that ``Connection`` lists (hop-by-hop for this one message)."""
-    if "connection" not in headers:
-        return frozenset()
-    return frozenset(
-        part.strip().lower()
-        for value in headers.getall("connection")
-        for part in value.split(",")
-        if part.strip()
-    )
-
-
-def upstream_headers(headers: CIMultiDictProxy[str], upstream: Upstream) -> CIMultiDict[str]:
-    named = _connection_named(headers)
-    credential = upstream.header_name
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
-        lower = key.lower()
-        if (
-            lower in _NOT_FORWARDED
-            or lower in named
-            or lower == credential
-            or lower.startswith(INTERNAL_PREFIXES)
-        ):
-            continue
-        out.add(key, value)
-    out["Accept-Encoding"] = "identity"
-    if credential:  # injected last: nothing the caller sent can remove it
-        out[credential] = upstream.header_value
-    return out
-
-
-def upstream_query(query: str, upstream: Upstream) -> str:
-    if upstream.query_name is None:
-        return query
-    kept = [
-        part
-        for part in query.split("&")
-        if part and unquote_plus(part.partition("=")[0]) != upstream.query_name
-    ]
-    kept.append(f"{quote(upstream.query_name)}={quote(upstream.secret.reveal(), safe='')}")
-    return "&".join(kept)
-
-
-def response_headers(
-    headers: CIMultiDictProxy[str], spellings: tuple[str, ...]
-) -> Iterable[tuple[str, str]]:
-    """The upstream's headers minus hop-by-hop ones, each spelling of the secret redacted."""
-    named = _connection_named(headers)
-    for key, value in headers.items():
-        lower = key.lower()
-        if lower in HOP_BY_HOP or lower in named:
-            continue
-        yield key, _scrub(value, spellings)
-
-
-def _scrub(value: str, spellings: tuple[str, ...]) -> str:
-    for spelling in spellings:
-        value = value.replace(spelling, "[redacted]")
-    return value
-
-
 async def _continue(request: web.BaseRequest) -> None:
     """Answer ``Expect: 100-continue``: only an allowed call gets to send its body."""
     expect = request.headers.get("Expect", "")
     if request.version >= HttpVersion11 and expect.lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the interim answer is not part of the response
-
-
-def _is_upgrade(request: web.BaseRequest) -> bool:
-    """What HTTP parsers act on: ``Upgrade`` named in ``Connection`` (a lone ``Upgrade``
-    header is only a hop-by-hop header, dropped like the others)."""
-    return "upgrade" in request.headers and "upgrade" in _connection_named(request.headers)
 
 
 def problem_response(deny: Deny) -> web.Response:
@@ -288,7 +194,7 @@ class Proxy:
 
     async def _admit(self, request: web.BaseRequest, allow: Allow) -> Deny | bytes | None:
         """What only a proxy refuses, once the call is allowed; a form body read whole."""
-        if _is_upgrade(request):
+        if is_upgrade(request):
             detail = "protocol upgrades (WebSocket, h2c) are not proxied"
             return _refused(allow, 400, "upgrade-refused", detail)
         length = request.content_length
@@ -403,7 +309,7 @@ class Proxy:
         reason = upstream_response.reason
         response = web.StreamResponse(
             status=upstream_response.status,
-            reason=_scrub(reason, upstream.spellings) if reason else None,
+            reason=scrub(reason, upstream.spellings) if reason else None,
         )
         for key, value in response_headers(upstream_response.headers, upstream.spellings):
             if decoder is None or key.lower() not in DECODED_DROPPED:
@@ -460,7 +366,7 @@ class Proxy:
         headers = response_headers(upstream_response.headers, upstream.spellings)
         response = web.Response(
             status=upstream_response.status,
-            reason=_scrub(reason, upstream.spellings) if reason else None,
+            reason=scrub(reason, upstream.spellings) if reason else None,
             headers=masked_headers(headers, upstream_response),
             body=scrubber.feed(body) + scrubber.flush(),
         )
