@@ -33,6 +33,7 @@ from jitgate.policy import parse_policy
 from jitgate.tokens.grant_token import GrantClaims, verify_signature
 from tests.gateway import usage_procs
 from tests.gateway.conftest import Harness
+from tests.gateway.test_usage_limits import POLICY
 from tests.gateway.usage_procs import EXPIRES, START, claims
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -198,23 +199,11 @@ def test_a_handle_crosses_only_a_spawn(meter: SharedUsageMeter) -> None:
         pickle.dumps(meter.handle)
 
 
-QUOTA_POLICY = """\
-version: 1
-rules:
-  - name: quota
-    requesters: {groups: [engineering]}
-    apis: [demo]
-    scopes: ["GET /v1/**"]
-    approval: auto
-    max_calls: 3
-"""
-
-
 @pytest.mark.anyio
 async def test_views_sharing_a_table_seed_it_once_from_the_audit_log(
     gw: Harness, meter: SharedUsageMeter
 ) -> None:
-    gw.ctx.replace_policy(parse_policy(QUOTA_POLICY, "limits.yaml"))
+    gw.ctx.replace_policy(parse_policy(POLICY, "limits.yaml"))  # GET /v1/**: 3 calls
     issued = gw.issue(["GET /v1/**"])
     allowed = NewEvent(
         type=EventType.ACCESS_ALLOWED,
