@@ -16,8 +16,10 @@ from aiohttp import web
 from jitgate.config import Settings
 from jitgate.gateway.app import create_gateway_server
 from jitgate.gateway.authz import DecisionEndpoints
+from jitgate.gateway.listener import ChangeListener, keep_fresh
 from jitgate.gateway.proxy import Proxy
 from jitgate.gateway.view import GatewayView
+from jitgate.storage.notify import listen_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,12 @@ async def start_gateway(
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     await proxy.start()
     runner = await serve_aiohttp(create_gateway_server(proxy, decisions), sock)
-    # Other processes' revocations arrive by resync: at most 250 ms late (SPEC: < 1 s).
+    # Other processes' changes arrive by resync: on PostgreSQL at once, woken by their
+    # NOTIFY; in any case at most 250 ms late (SPEC: < 1 s). Cancelling the task stops both.
     period = min(max(settings.revocation.max_staleness.total_seconds() / 4, 0.05), 0.25)
-    return runner, asyncio.create_task(every(period, view.resync, "resync"))
+    conninfo = listen_conninfo(settings.database)
+    listener = None if conninfo is None else ChangeListener(conninfo)
+    return runner, asyncio.create_task(keep_fresh(view.resync, period, listener))
 
 
 async def wait_for_signal() -> None:

@@ -17,11 +17,13 @@ Guarantees:
   path that was checked rather than its own decoding of it. Envoy and ForwardAuth cannot
   rewrite the query: APIs with query-parameter injection are refused there
   (501 ``injection-unsupported``).
-* Envoy sends the caller's body with the check (``with_request_body``): a form body is
-  read and a ``_method`` field refused exactly as by the proxy (:mod:`jitgate.gateway.bodies`:
-  400 ``method-override``; 413 ``body-too-large`` past the form limit, or when Envoy sent
-  only part of it). nginx's and Traefik's checks carry no body: a ``_method`` form field
-  passes them unseen (see docs/integrations/README.md for the mitigations).
+* Envoy sends the caller's body with the check (``with_request_body``): a body that a
+  framework would read as a form (urlencoded, untyped, multipart) is checked and a
+  ``_method`` field refused exactly as by the proxy (:mod:`jitgate.gateway.bodies`: 400
+  ``method-override``; 413 ``body-too-large`` for an urlencoded form over its limit, or
+  when Envoy sent only part of the body). nginx's and Traefik's checks carry no body: a
+  ``_method`` form field passes them unseen (see docs/integrations/README.md for the
+  mitigations).
 * A denial is the gateway's problem answer. nginx's ``auth_request`` only tells 401 and
   403 from an error, so the nginx endpoint answers 401 or 403 and carries the gateway's
   status and problem in ``X-Jitgate-Status`` / ``X-Jitgate-Problem`` for nginx to relay.
@@ -43,7 +45,7 @@ from aiohttp import web
 
 from jitgate.audit.events import EventType, NewEvent
 from jitgate.clock import utc
-from jitgate.gateway.bodies import BodyLimitError, is_form, overrides_method, read_form
+from jitgate.gateway.bodies import BodyLimitError, RequestBody, check_form, is_form
 from jitgate.gateway.enforce import Allow, Deny
 from jitgate.gateway.headers import upstream_query
 from jitgate.gateway.proxy import ALLOWED, DECISIONS, Proxy, allowed_event, problem_response
@@ -172,22 +174,28 @@ class DecisionEndpoints:
 
     async def _envoy_body(self, request: web.BaseRequest, allow: Allow) -> Allow | Deny:
         """The caller's body, which Envoy sent with the check, judged as the proxy judges it
-        once a call is allowed: a form is read whole and refused if it overrides the method."""
+        once a call is allowed (:func:`jitgate.gateway.bodies.check_form`); the rest of a
+        large multipart body is scanned too, since Envoy holds it all."""
         if not is_form(request):
             return allow
         api, token = allow.upstream.api.name, allow.token
         if request.headers.get(ENVOY_PARTIAL_HEADER, "").lower() == "true":
             detail = "only part of the form body was sent to be checked; it cannot be allowed"
             return Deny(413, "body-too-large", detail, api, token)
+        limit, stall = self.proxy.max_body_size, self.proxy.client_timeout
         try:
-            form = await read_form(
-                request.content, limit=self.proxy.max_body_size, stall=self.proxy.client_timeout
-            )
+            checked = await check_form(request, limit=limit, stall=stall)
+            if checked is not None and checked.scanner is not None:
+                rest = RequestBody(
+                    request.content,
+                    limit=limit - len(checked.head),
+                    stall=stall,
+                    scanner=checked.scanner,
+                )
+                async for _ in rest:
+                    pass
         except BodyLimitError as exc:
             return Deny(exc.status, exc.reason, exc.detail, api, token)
-        if overrides_method(form):
-            detail = "method-override headers and parameters are refused"
-            return Deny(400, "method-override", detail, api, token)
         return allow
 
     async def _deny(

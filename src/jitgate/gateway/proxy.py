@@ -43,11 +43,10 @@ from jitgate.gateway.bodies import (
     Decoder,
     RequestBody,
     Scrubber,
+    check_form,
     decoder_for,
     has_body,
     is_form,
-    overrides_method,
-    read_form,
     too_large,
 )
 from jitgate.gateway.enforce import Allow, Deny, Enforcer
@@ -192,8 +191,12 @@ class Proxy:
             )
         )
 
-    async def _admit(self, request: web.BaseRequest, allow: Allow) -> Deny | bytes | None:
-        """What only a proxy refuses, once the call is allowed; a form body read whole."""
+    async def _admit(
+        self, request: web.BaseRequest, allow: Allow
+    ) -> Deny | bytes | RequestBody | None:
+        """What only a proxy refuses, once the call is allowed; a body that frameworks read
+        as a form checked (:func:`jitgate.gateway.bodies.check_form`), and what of it was
+        read: the whole body, or its start with the rest to stream."""
         if is_upgrade(request):
             detail = "protocol upgrades (WebSocket, h2c) are not proxied"
             return _refused(allow, 400, "upgrade-refused", detail)
@@ -202,25 +205,30 @@ class Proxy:
             refused = too_large(self.max_body_size)
             return _refused(allow, refused.status, refused.reason, refused.detail)
         if not is_form(request):
-            return None
+            return None  # streamed unread, by _forward
         await _continue(request)
         try:
-            form = await read_form(
-                request.content, limit=self.max_body_size, stall=self.client_timeout
-            )
+            checked = await check_form(request, limit=self.max_body_size, stall=self.client_timeout)
         except BodyLimitError as exc:
             return _refused(allow, exc.status, exc.reason, exc.detail)
-        if overrides_method(form):
-            detail = "method-override headers and parameters are refused"
-            return _refused(allow, 400, "method-override", detail)
-        return form
+        if checked is None:
+            return None
+        if checked.complete:
+            return checked.head
+        return RequestBody(
+            request.content,
+            limit=self.max_body_size,
+            stall=self.client_timeout,
+            head=checked.head,
+            scanner=checked.scanner,
+        )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = self.clock.timestamp()
         decision = self.enforcer.decide(request.method, request.raw_path, request.headers, now)
         if isinstance(decision, Allow) and not self.audit.healthy:
             decision = Deny(503, "audit-unavailable", "access cannot be recorded right now; denied")
-        form: bytes | None = None
+        form: bytes | RequestBody | None = None
         if isinstance(decision, Allow):
             admitted = await self._admit(request, decision)
             if isinstance(admitted, Deny):
@@ -255,7 +263,7 @@ class Proxy:
             )
 
     async def _forward(
-        self, request: web.BaseRequest, allow: Allow, form: bytes | None
+        self, request: web.BaseRequest, allow: Allow, form: bytes | RequestBody | None
     ) -> tuple[web.StreamResponse, str | None, int | None]:
         assert self._session is not None, "Proxy.start() was not awaited"
         upstream = allow.upstream

@@ -29,6 +29,7 @@ from jitgate.domain.models import (
     RequestStatus,
     Risk,
 )
+from jitgate.storage.notify import notify_grant_ended
 from jitgate.storage.tables import access_requests, approvals, grants
 
 
@@ -348,6 +349,9 @@ class AccessRepo:
                 reviewed_at=g.reviewed_at,
             )
         )
+        if g.status in (GrantStatus.REVOKED, GrantStatus.RELEASED):
+            # Other processes' gateways learn of it when (and only if) this commits.
+            notify_grant_ended(self._c, g.id, g.expires_at)
 
     def get_grant(self, grant_id: str, *, lock: bool = False) -> Grant | None:
         row = self._one(select(grants).where(grants.c.id == grant_id), lock)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, insert, or_, select, update
 
 from jitgate.domain.models import Api, Injection, InjectionKind, Principal, PrincipalKind
+from jitgate.storage.notify import Change, notify
 from jitgate.storage.tables import apis, principal_tokens, principals, signing_keys
 
 
@@ -172,6 +173,7 @@ class DirectoryRepo:
                 updated_at=at,
             )
         )
+        notify(self._c, Change.APIS_CHANGED)
 
     def set_api_secret(self, name: str, secret_ciphertext: bytes, at: datetime) -> None:
         self._c.execute(
@@ -179,11 +181,13 @@ class DirectoryRepo:
             .where(apis.c.name == name)
             .values(secret_ciphertext=secret_ciphertext, updated_at=at)
         )
+        notify(self._c, Change.APIS_CHANGED)
 
     def set_api_masks(self, name: str, masks: tuple[str, ...], at: datetime) -> None:
         self._c.execute(
             update(apis).where(apis.c.name == name).values(masks=list(masks) or None, updated_at=at)
         )
+        notify(self._c, Change.APIS_CHANGED)
 
     def get_api(self, name: str) -> Api | None:
         row = self._c.execute(select(apis).where(apis.c.name == name)).first()
@@ -208,6 +212,7 @@ class DirectoryRepo:
                 keep_until=key.keep_until,
             )
         )
+        notify(self._c, Change.KEYS_CHANGED)
 
     def retire_key(self, kid: str, at: datetime, keep_until: datetime) -> None:
         self._c.execute(
@@ -215,6 +220,7 @@ class DirectoryRepo:
             .where(signing_keys.c.kid == kid)
             .values(retired_at=at, keep_until=keep_until)
         )
+        notify(self._c, Change.KEYS_CHANGED)
 
     def list_keys(self) -> list[StoredKey]:
         rows = self._c.execute(select(signing_keys).order_by(signing_keys.c.created_at))
