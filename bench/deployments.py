@@ -23,8 +23,8 @@ Then the revocation check: one call through nginx must pass, alice revokes the g
 through the control-plane API, and the very next call through nginx must be refused
 with ``grant-revoked`` (nginx caches no decision).
 
-Load generation, bounds and clean-up: ``harness.py``. Run it with ``make bench``
-(options: ``.venv/bin/python bench/deployments.py --help``).
+Load generation: ``loadgen.py``; bounds and clean-up: ``harness.py``. Run it with
+``make bench`` (options: ``.venv/bin/python bench/deployments.py --help``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from harness import (
     Target,
     add_plan_arguments,
     checked_target,
-    choose_loadgen,
     free_port,
     load_average,
     machine,
@@ -59,6 +58,7 @@ from harness import (
     run_plan,
     verdict,
 )
+from loadgen import choose_loadgen
 from stack import (
     NGINX_KEEPALIVE_SITE,
     NGINX_PLAIN_SITE,

@@ -26,8 +26,8 @@ checked against the bare proxy: gateway throughput at least 0.90 of it, and at m
 (``/proc/<pid>/stat``) is reported too: it suffers less than req/s from scheduling on
 a small machine where load generator, proxies and upstream share the cores.
 
-Load generation, bounds and clean-up: ``harness.py``. Run it with ``make bench``
-(options: ``.venv/bin/python bench/gateway.py --help``).
+Load generation: ``loadgen.py``; bounds and clean-up: ``harness.py``. Run it with
+``make bench`` (options: ``.venv/bin/python bench/gateway.py --help``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from harness import (
     Target,
     add_plan_arguments,
     checked_target,
-    choose_loadgen,
     free_port,
     load_average,
     machine,
@@ -60,6 +59,7 @@ from harness import (
     run_plan,
     verdict,
 )
+from loadgen import choose_loadgen
 from stack import (
     NGINX_KEEPALIVE_SITE,
     PATH,

@@ -28,8 +28,8 @@ issue's target: 100,000 grants or revocations within 5% of the baseline; 10,000 
 without a cliff. Before the rounds, the tokens target runs once cold (every token's
 signature checked once; successes are cached, failures never are).
 
-Load generation, bounds and clean-up: ``harness.py``. Run it with ``make bench``
-(options: ``.venv/bin/python bench/scale.py --help``).
+Load generation: ``loadgen.py``; bounds and clean-up: ``harness.py``. Run it with
+``make bench`` (options: ``.venv/bin/python bench/scale.py --help``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from harness import (
     Target,
     add_plan_arguments,
     checked_target,
-    choose_loadgen,
     cpu_seconds,
     load_average,
     machine,
@@ -78,6 +77,7 @@ from jitgate.storage.store import Store
 from jitgate.storage.tables import grants
 from jitgate.tokens.grant_token import issue
 from jitgate.tokens.keys import KeyRing
+from loadgen import choose_loadgen
 from stack import PATH, Jitgate, grant, register_api, start_jitgate, start_upstream
 
 API = "bench"

@@ -12,7 +12,7 @@ Rounds reverse their order, after a warm-up; medians. The issue's target: two wo
 give at least 1.5x the throughput of one, on a 2-core machine where the load generator
 and the upstream share the same cores.
 
-Load generation, bounds and clean-up: ``harness.py``. Run it with
+Load generation: ``loadgen.py``; bounds and clean-up: ``harness.py``. Run it with
 ``.venv/bin/python bench/workers.py`` (options: ``--help``).
 """
 
@@ -39,7 +39,6 @@ from harness import (
     Target,
     add_plan_arguments,
     checked_target,
-    choose_loadgen,
     load_average,
     machine,
     median,
@@ -49,6 +48,7 @@ from harness import (
     run_plan,
     verdict,
 )
+from loadgen import choose_loadgen
 from stack import PATH, grant, register_api, start_jitgate, start_upstream, worker_pids
 
 API = "bench"
