@@ -34,7 +34,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -43,12 +42,17 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from aiohttp import web
 
-from jitgate.audit.events import EventType, NewEvent
-from jitgate.clock import utc
 from jitgate.gateway.bodies import BodyLimitError, RequestBody, check_form, is_form
 from jitgate.gateway.enforce import Allow, Deny
 from jitgate.gateway.headers import upstream_query
-from jitgate.gateway.proxy import ALLOWED, DECISIONS, Proxy, allowed_event, problem_response
+from jitgate.gateway.proxy import (
+    ALLOWED,
+    DECISIONS,
+    Proxy,
+    allowed_event,
+    denied_event,
+    problem_response,
+)
 from jitgate.problems import problem
 
 log = logging.getLogger(__name__)
@@ -169,7 +173,7 @@ class DecisionEndpoints:
         if isinstance(decision, Deny):
             return await self._deny(via, method, target, decision, now)
         ALLOWED.inc()
-        await self._record(allowed_event(decision, method, now, via=str(via)))
+        await self.proxy.record(allowed_event(decision, method, now, via=str(via)))
         return _allow_response(via, decision)
 
     async def _envoy_body(self, request: web.BaseRequest, allow: Allow) -> Allow | Deny:
@@ -202,25 +206,7 @@ class DecisionEndpoints:
         self, via: Via, method: str, target: str, deny: Deny, now: float
     ) -> web.Response:
         DECISIONS.labels("denied", deny.reason).inc()
-        claims = deny.token.claims if deny.token else None
-        await self._record(
-            NewEvent(
-                type=EventType.ACCESS_DENIED,
-                at=utc(now),
-                actor=claims.principal if claims else None,
-                principal=claims.principal if claims else None,
-                api=deny.api,
-                grant=claims.grant_id if claims else None,
-                data={
-                    "method": method[:16],
-                    "target": target.partition("?")[0][:512],  # with the API prefix
-                    "status": deny.status,
-                    "reason": deny.reason,
-                    "detail": deny.detail,
-                    "via": str(via),
-                },
-            )
-        )
+        await self.proxy.record(denied_event(deny, method, target, now, via=str(via)))
         response = problem_response(deny)
         if via is Via.NGINX:
             response.set_status(401 if deny.status == 401 else 403)
@@ -229,11 +215,6 @@ class DecisionEndpoints:
                 problem(deny.status, deny.reason, deny.detail)
             )
         return response
-
-    async def _record(self, event: NewEvent) -> None:
-        """Queue without blocking the loop; a full queue waits in a thread (never loss)."""
-        if not self.proxy.audit.try_submit(event):
-            await asyncio.to_thread(self.proxy.audit.submit, event)
 
 
 def _allow_response(via: Via, allow: Allow) -> web.Response:

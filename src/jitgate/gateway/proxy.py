@@ -120,6 +120,28 @@ def allowed_event(allow: Allow, method: str, now: float, **data: Any) -> NewEven
     )
 
 
+def denied_event(deny: Deny, method: str, target: str, now: float, **data: Any) -> NewEvent:
+    """The ``access.denied`` event of a refused call (or decision); ``target`` is the raw
+    request target, with the API prefix (its query is left out)."""
+    claims = deny.token.claims if deny.token else None
+    return NewEvent(
+        type=EventType.ACCESS_DENIED,
+        at=utc(now),
+        actor=claims.principal if claims else None,
+        principal=claims.principal if claims else None,
+        api=deny.api,
+        grant=claims.grant_id if claims else None,
+        data={
+            "method": method[:16],
+            "target": target.partition("?")[0][:512],
+            "status": deny.status,
+            "reason": deny.reason,
+            "detail": deny.detail,
+            **data,
+        },
+    )
+
+
 class Proxy:
     def __init__(
         self,
@@ -165,31 +187,14 @@ class Proxy:
         if self._session is not None:
             await self._session.close()
 
-    async def _record(self, event: NewEvent) -> None:
+    async def record(self, event: NewEvent) -> None:
         """Queue an audit event without blocking the event loop; a full queue makes this
         call wait in a worker thread (back-pressure on this request, never loss)."""
         if not self.audit.try_submit(event):
             await asyncio.to_thread(self.audit.submit, event)
 
     async def record_denial(self, request: web.BaseRequest, deny: Deny, now: float) -> None:
-        claims = deny.token.claims if deny.token else None
-        await self._record(
-            NewEvent(
-                type=EventType.ACCESS_DENIED,
-                at=utc(now),
-                actor=claims.principal if claims else None,
-                principal=claims.principal if claims else None,
-                api=deny.api,
-                grant=claims.grant_id if claims else None,
-                data={
-                    "method": request.method[:16],
-                    "target": request.raw_path.partition("?")[0][:512],  # with the API prefix
-                    "status": deny.status,
-                    "reason": deny.reason,
-                    "detail": deny.detail,
-                },
-            )
-        )
+        await self.record(denied_event(deny, request.method, request.raw_path, now))
 
     async def _admit(
         self, request: web.BaseRequest, allow: Allow
@@ -250,7 +255,7 @@ class Proxy:
             status = response.status
             return response
         finally:  # every forwarded call is audited, however it ended
-            await self._record(
+            await self.record(
                 allowed_event(
                     decision,
                     request.method,
